@@ -1,0 +1,135 @@
+"""Family registry and the single ``load`` entry point for all three model tiers."""
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .base import Adapter
+
+#: family name -> "module:Class" (imported lazily so one broken family never blocks another)
+ADAPTERS: dict[str, str] = {
+    "chameleon": "narrowgate_utils.models.chameleon:ChameleonAdapter",
+    "emu3": "narrowgate_utils.models.emu3:Emu3Adapter",
+    "llava": "narrowgate_utils.models.llava:LlavaAdapter",
+    "llava_next": "narrowgate_utils.models.llava:LlavaNextAdapter",
+    "llava_onevision": "narrowgate_utils.models.llava:LlavaOnevisionAdapter",
+    "pixtral": "narrowgate_utils.models.pixtral:PixtralAdapter",
+    "janus": "narrowgate_utils.models.janus:JanusAdapter",
+    "qwen2_vl": "narrowgate_utils.models.qwen2vl:Qwen2VLAdapter",
+}
+SUPPORTED_FAMILIES = tuple(ADAPTERS)
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def adapter_class(family: str) -> type[Adapter]:
+    if family not in ADAPTERS:
+        raise ValueError(f"Unknown model family '{family}'. Supported families: {', '.join(SUPPORTED_FAMILIES)}.")
+    module_name, class_name = ADAPTERS[family].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def family_of(config: Any) -> str:
+    """Map a transformers config to an adapter family (Pixtral is LLaVA with a Pixtral tower)."""
+    model_type = getattr(config, "model_type", None)
+    if model_type == "llava" and getattr(getattr(config, "vision_config", None), "model_type", None) == "pixtral":
+        return "pixtral"
+    if model_type in ("qwen2_vl", "qwen2_5_vl"):
+        return "qwen2_vl"
+    if model_type in ADAPTERS:
+        return model_type
+    raise ValueError(
+        f"Model type '{model_type}' is not supported. Supported families: {', '.join(SUPPORTED_FAMILIES)} "
+        "(add an adapter in narrowgate_utils/models/ for a new family)."
+    )
+
+
+def adapter_for(model: torch.nn.Module, processor: Any, model_id: str | Path = "",
+                checkpoint_dir: str | Path | None = None) -> Adapter:
+    """Wrap an already loaded model and its processor in the right adapter."""
+    return adapter_class(family_of(model.config))(model, processor, model_id, checkpoint_dir)
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"Unknown dtype '{dtype}'; use one of {sorted(_DTYPES)}.")
+    return _DTYPES[dtype]
+
+
+def _check_device(device: str) -> None:
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"Unknown device '{device}'; use 'cpu', 'cuda', 'cuda:N' or 'mps'.") from error
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device='{device}' was requested but no CUDA GPU is available; use device='cpu'.")
+
+
+def resolve_checkpoint(model_id: str | Path) -> str:
+    """Toy-world names become local dirs; local dirs stay; hub ids are checked against offline mode."""
+    name = str(model_id)
+    if name.startswith("toy-"):
+        from ..toy.registry import ensure_toy_model
+
+        return str(ensure_toy_model(name))
+    if Path(name).exists():
+        if not (Path(name) / "config.json").exists():
+            raise ValueError(f"Local checkpoint '{name}' has no config.json; point model_id at a Hugging Face checkpoint directory.")
+        return name
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            raise ValueError(
+                f"'{name}' is neither a local directory nor in the Hugging Face cache, and HF_HUB_OFFLINE=1 forbids "
+                "downloading it. Download it on a machine with hub access (huggingface-cli download "
+                f"{name}) or pass a local checkpoint path."
+            )
+    return name
+
+
+def load(
+    model_id: str | Path,
+    dtype: str | torch.dtype = "float32",
+    device: str = "cpu",
+    device_map: str | dict | None = None,
+    attn_implementation: str = "eager",
+    trust_remote_code: bool = False,
+) -> Adapter:
+    """Load a real checkpoint (hub id or local dir) or a toy-world model and wrap it in its adapter.
+
+    ``attn_implementation='eager'`` is the default because post-softmax attention weights
+    (and the post-softmax knockout) need it. Only safetensors weights are loaded;
+    ``trust_remote_code`` stays off unless the caller passes ``True``.
+    """
+    from transformers import AutoConfig, AutoProcessor, AutoTokenizer
+
+    torch_dtype = resolve_dtype(dtype)
+    if device_map is None:
+        _check_device(device)
+    checkpoint = resolve_checkpoint(model_id)
+    config = AutoConfig.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
+    cls = adapter_class(family_of(config))
+    model = cls.model_class().from_pretrained(
+        checkpoint,
+        dtype=torch_dtype,
+        device_map=device_map,
+        attn_implementation=attn_implementation,
+        use_safetensors=True,
+        trust_remote_code=trust_remote_code,
+    )
+    if device_map is None:
+        model = model.to(device)
+    model.eval()
+    try:
+        processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError, KeyError):
+        processor = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
+    return cls(model, processor, model_id, checkpoint_dir=checkpoint)
