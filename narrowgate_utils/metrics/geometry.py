@@ -1,0 +1,235 @@
+"""Geometry of residual representations: modality gap, ADP homogeneity, neighbourhood overlap.
+
+Paper Sec. 4.1 (Fig. 2: |cosine| between image and text tokens, homogeneity of Advanced
+Density Peaks clusters w.r.t. modality) and Sec. 3.2 / eq. 3 (neighbourhood overlap).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from sklearn.metrics import homogeneity_score
+from sklearn.neighbors import NearestNeighbors
+
+from ._arrays import as_float_array, as_label_array
+
+Pairing = Literal["paired", "all"]
+
+_DADAPY: Any = None
+#: cosine distance below which two rows count as the same direction (rounding noise)
+_SAME_DIRECTION = 1e-12
+
+
+def _dadapy() -> Any:
+    """Import dadapy lazily (~6 s) and undo its global ``np.set_printoptions(precision=2)``."""
+    global _DADAPY
+    if _DADAPY is None:
+        options = np.get_printoptions()
+        try:
+            import dadapy
+        finally:
+            np.set_printoptions(**options)
+        _DADAPY = dadapy
+    return _DADAPY
+
+
+def _unit_rows(x: np.ndarray, name: str) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    if np.any(norms == 0):
+        bad = np.flatnonzero(norms[:, 0] == 0)[:5].tolist()
+        raise ValueError(f"{name} has zero-norm rows (e.g. {bad}); cosine is undefined for them.")
+    return x / norms
+
+
+def abs_cosine_values(image_vecs: Any, text_vecs: Any, pairing: Pairing = "paired") -> np.ndarray:
+    """|cos(image, text)| for each image–text pair (flattened).
+
+    ``pairing="paired"`` pairs row i of ``image_vecs`` with row i of ``text_vecs`` (one image
+    and one text vector of the same sample, as in the authors' code); ``"all"`` takes every
+    image row against every text row (n_img * n_txt values, held in memory at once).
+    """
+    img = _unit_rows(as_float_array(image_vecs, "image_vecs", 2), "image_vecs")
+    txt = _unit_rows(as_float_array(text_vecs, "text_vecs", 2), "text_vecs")
+    if img.shape[1] != txt.shape[1]:
+        raise ValueError(f"image_vecs and text_vecs differ in width: {img.shape[1]} vs {txt.shape[1]}.")
+    if pairing == "paired":
+        if img.shape[0] != txt.shape[0]:
+            raise ValueError(
+                f"pairing='paired' needs as many image as text rows, got {img.shape[0]} and {txt.shape[0]}; "
+                "use pairing='all' for unpaired sets."
+            )
+        return np.abs(np.einsum("nd,nd->n", img, txt))
+    if pairing == "all":
+        return np.abs(img @ txt.T).ravel()
+    raise ValueError(f"pairing must be 'paired' or 'all', got {pairing!r}.")
+
+
+def abs_cosine_quartiles(image_vecs: Any, text_vecs: Any, pairing: Pairing = "paired") -> tuple[float, float, float]:
+    """(q1, median, q3) of |cosine| between image and text vectors (paper Fig. 2, left)."""
+    q1, median, q3 = np.percentile(abs_cosine_values(image_vecs, text_vecs, pairing), [25, 50, 75])
+    return float(q1), float(median), float(q3)
+
+
+def modality_gap_profile(image_by_layer: Any, text_by_layer: Any, pairing: Pairing = "paired") -> pd.DataFrame:
+    """Per-layer |cosine| quartiles; inputs are ``[L, n, d]`` stacks of residual vectors.
+
+    Returns a DataFrame with columns ``layer, q1, median, q3`` (one row per layer).
+    """
+    img = as_float_array(image_by_layer, "image_by_layer", 3)
+    txt = as_float_array(text_by_layer, "text_by_layer", 3)
+    if img.shape[0] != txt.shape[0]:
+        raise ValueError(f"image_by_layer has {img.shape[0]} layers but text_by_layer has {txt.shape[0]}.")
+    rows = [(layer, *abs_cosine_quartiles(img[layer], txt[layer], pairing)) for layer in range(img.shape[0])]
+    return pd.DataFrame(rows, columns=["layer", "q1", "median", "q3"])
+
+
+def _distinct_direction_distances(unit: np.ndarray, maxk: int, needed: int) -> tuple[np.ndarray, np.ndarray, Any]:
+    """Merge rows pointing the same way (cosine distance ~0) and compute cosine kNN on the rest.
+
+    Returns (distinct rows, index map input row -> distinct row, dadapy ``Data`` with
+    distances computed). Exact duplicates are merged first; rows equal only up to rounding
+    (e.g. rescaled copies) are found among the computed neighbours and merged, then the
+    distances are recomputed.
+    """
+    distinct, inverse = np.unique(unit, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    while True:
+        k = min(maxk, len(distinct) - 1)
+        if k < needed:
+            raise ValueError(
+                f"ADP needs more than {needed} distinct directions within maxk={maxk}; got {len(distinct)} "
+                f"distinct rows of {len(unit)}. Pass more vectors or smaller id_ranks / density_k."
+            )
+        data = _dadapy().Data(coordinates=distinct, maxk=k, verbose=False)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="There are points with neighbours at 0 distance")
+            data.compute_distances(maxk=k, metric="cosine")
+        twin = (data.distances <= _SAME_DIRECTION) & (data.dist_indices != np.arange(len(distinct))[:, None])
+        rows, cols = np.nonzero(twin)
+        if len(rows) == 0:
+            return distinct, inverse, data
+        graph = coo_matrix((np.ones(len(rows)), (rows, data.dist_indices[rows, cols])), shape=(len(distinct),) * 2)
+        _, component = connected_components(graph, directed=False)
+        _, first = np.unique(component, return_index=True)
+        distinct, inverse = distinct[first], component[inverse]
+
+
+@dataclass(frozen=True)
+class ADPResult:
+    """Outcome of :func:`adp_clusters`.
+
+    ``labels`` has one entry per input row: the cluster id, or -1 for rows in clusters
+    smaller than ``min_cluster_size``. ``n_clusters`` counts all ADP clusters (before the
+    size filter), ``n_kept_clusters`` those that survive it.
+    """
+
+    labels: np.ndarray
+    intrinsic_dim: float
+    n_clusters: int
+    n_kept_clusters: int
+
+
+def adp_clusters(
+    vectors: Any,
+    *,
+    maxk: int = 128,
+    id_ranks: tuple[int, int] = (8, 16),
+    density_k: int = 16,
+    Z: float = 1.65,
+    min_cluster_size: int = 50,
+) -> ADPResult:
+    """Advanced Density Peaks clustering on cosine distance (paper Supp. Sec. 7).
+
+    Steps (dadapy): cosine-distance kNN up to ``maxk``; Gride intrinsic dimension from the
+    distance ratio of neighbours ``id_ranks = (n1, 2*n1)`` (``n1`` a power of two); kNN
+    density with ``density_k`` neighbours on that dimension; ADP with confidence ``Z``.
+    Rows with the same direction (cosine distance ~0, which breaks the density estimate:
+    duplicates, rescaled copies) are clustered once and share their representative's cluster.
+    Cluster sizes count every input row, duplicates included.
+    """
+    x = as_float_array(vectors, "vectors", 2)
+    n1, n2 = id_ranks
+    if n1 < 1 or n2 != 2 * n1 or n2 & (n2 - 1):
+        raise ValueError(f"id_ranks must be (n, 2n) with 2n a power of two (dadapy's Gride scales), got {id_ranks}.")
+    if density_k < 1 or min_cluster_size < 1:
+        raise ValueError(f"density_k and min_cluster_size must be >= 1, got {density_k} and {min_cluster_size}.")
+    needed = max(n2, density_k)
+    _, inverse, data = _distinct_direction_distances(_unit_rows(x, "vectors"), maxk, needed)
+    ids, _, ranks = data.return_id_scaling_gride(range_max=n2, return_ranks=True)
+    intrinsic_dim = float(ids[list(ranks).index(n2)])
+    if not math.isfinite(intrinsic_dim) or intrinsic_dim <= 0:
+        raise ValueError(f"Gride returned an unusable intrinsic dimension ({intrinsic_dim}); check the input vectors.")
+    data.set_id(intrinsic_dim)
+    data.compute_density_kNN(k=density_k)
+    assignment = np.asarray(data.compute_clustering_ADP(Z=Z), dtype=np.int64)[inverse]
+
+    cluster_ids, sizes = np.unique(assignment, return_counts=True)
+    small = cluster_ids[sizes < min_cluster_size]
+    labels = np.where(np.isin(assignment, small), -1, assignment)
+    return ADPResult(labels, intrinsic_dim, len(cluster_ids), len(cluster_ids) - len(small))
+
+
+def adp_homogeneity(
+    vectors: Any,
+    modality_labels: Any,
+    *,
+    maxk: int = 128,
+    id_ranks: tuple[int, int] = (8, 16),
+    density_k: int = 16,
+    Z: float = 1.65,
+    min_cluster_size: int = 50,
+) -> float:
+    """Homogeneity (sklearn) of ADP clusters w.r.t. modality (paper Fig. 2, right).
+
+    1.0 means every kept cluster holds a single modality. Rows in clusters smaller than
+    ``min_cluster_size`` are excluded. Returns NaN when no cluster survives the size filter.
+    See :func:`adp_clusters` for the clustering parameters.
+    """
+    x = as_float_array(vectors, "vectors", 2)
+    y = as_label_array(modality_labels, "modality_labels", len(x))
+    result = adp_clusters(x, maxk=maxk, id_ranks=id_ranks, density_k=density_k, Z=Z, min_cluster_size=min_cluster_size)
+    kept = result.labels >= 0
+    if not kept.any():
+        return float("nan")
+    return float(homogeneity_score(y[kept], result.labels[kept]))
+
+
+def _knn_without_self(x: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """(distances, indices) of shape [n, k+1] whose column 0 is the point itself.
+
+    With duplicate points the library may return a twin before the point itself; the point
+    is moved to column 0 so that it is never counted as its own neighbour.
+    """
+    dist, idx = NearestNeighbors(n_neighbors=k + 1, metric=metric).fit(x).kneighbors(x)
+    rows = np.arange(len(x))
+    for i in np.flatnonzero(idx[:, 0] != rows):
+        not_self = idx[i] != i
+        idx[i] = np.concatenate([[i], idx[i][not_self][:k]])
+        dist[i] = np.concatenate([[0.0], dist[i][not_self][:k]])
+    return dist, idx
+
+
+def neighborhood_overlap(vectors: Any, labels: Any, k: int = 30, metric: str = "euclidean") -> float:
+    """Neighbourhood overlap chi (paper eq. 3): mean over points of the fraction of their
+    ``k`` nearest neighbours (self excluded) that share their label.
+
+    Distances are euclidean on the raw residual vectors by default (dadapy's default; the
+    paper does not name a metric); any sklearn metric name (e.g. ``"cosine"``) may be passed.
+    Ties (duplicate points) never make a point its own neighbour. Computed with
+    dadapy's ``return_label_overlap`` *unweighted* (dadapy 0.3.4 weights by inverse class
+    size by default; the two agree for balanced classes, eq. 3 is the unweighted mean).
+    """
+    x = as_float_array(vectors, "vectors", 2)
+    y = as_label_array(labels, "labels", len(x))
+    if not 1 <= k < len(x):
+        raise ValueError(f"k must be in [1, n_points) = [1, {len(x)}), got k={k}; pass more vectors or a smaller k.")
+    dist, idx = _knn_without_self(x, k, metric)
+    _, y_int = np.unique(y, return_inverse=True)
+    data = _dadapy().Data(distances=(dist, idx), maxk=k, verbose=False)
+    return float(data.return_label_overlap(y_int.reshape(-1).astype(int), k=k, weighted=False))
