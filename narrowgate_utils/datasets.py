@@ -1,0 +1,159 @@
+"""One entry point for every dataset the notebooks use: :func:`load_samples`.
+
+Datasets (all return :class:`~narrowgate_utils.data.sample.Sample` lists):
+
+* ``toy`` -- the procedurally rendered toy world (:mod:`narrowgate_utils.data.toy`).
+* ``imagenet`` -- the paper's 100 animal classes, 100 images per class (Supp. Sec. 8.2);
+  ``classes="patching"`` gives the 20 classes of the ten activation-patching pairs (Sec. 4.4).
+* ``flickr30k`` -- Flickr30k with its five captions per image (Karpathy splits; Sec. 4.1, Table 1).
+* ``coco_karpathy`` -- MS-COCO Karpathy splits with reference captions (Table 1).
+* ``vqav2`` -- VQAv2 validation, one sample per question with ten answers (Table 1).
+
+Real datasets are read from local folders (``data_dir``); nothing is downloaded. Subsets are
+chosen on metadata first (numpy ``default_rng(seed)``), so only the selected images are opened,
+and are returned in dataset order. The paper evaluates on 2000 items drawn with seed 42.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .data.sample import Sample
+
+#: dataset -> default split (ImageNet: the 100 images per class need the train folder, since
+#: the validation set has only 50 per class)
+DEFAULT_SPLITS = {"toy": "test", "imagenet": "train", "flickr30k": "test", "coco_karpathy": "test", "vqav2": "val"}
+DATASETS = tuple(DEFAULT_SPLITS)
+#: the number of evaluation items and the seed of the paper's VQAv2 / captioning evaluation
+PAPER_N_EVAL, PAPER_SEED = 2000, 42
+#: dataset -> module of narrowgate_utils.data whose docstring documents the expected folder layout
+_MODULES = {"imagenet": "imagenet", "flickr30k": "flickr30k", "coco_karpathy": "coco", "vqav2": "vqav2"}
+
+
+def load_samples(dataset: str = "toy", split: str | None = None, n: int | None = None, seed: int = PAPER_SEED,
+                 data_dir: str | Path | None = None, classes: str | None = None) -> list[Sample]:
+    """Load ``n`` samples of ``dataset``/``split`` (all when ``n`` is None), seeded by ``seed``.
+
+    ``split`` defaults to :data:`DEFAULT_SPLITS` (the split the paper uses). ``data_dir`` is
+    required for every dataset except ``toy``. ``classes`` applies to ``imagenet`` only:
+    None/"paper" for the 100 animal classes, "patching" for the 20 classes of the patching pairs.
+    Images of the selected samples are decoded eagerly (the full 10,000-image ImageNet subset
+    takes several GB of RAM; pass ``n`` to bound it).
+    """
+    _check_dataset(dataset)
+    split = DEFAULT_SPLITS[dataset] if split is None else split
+    if n is not None and int(n) < 0:
+        raise ValueError(f"n must be >= 0 or None (all samples), got {n}.")
+    if classes is not None and dataset != "imagenet":
+        raise ValueError(f"classes={classes!r} applies only to dataset='imagenet', not {dataset!r}; pass classes=None.")
+    if dataset == "toy":
+        from .data.toy import toy_dataset
+        return toy_dataset(split, n, seed)
+    if data_dir is None:
+        raise ValueError(f"dataset={dataset!r} is read from local files: pass data_dir=<folder with the {dataset} files> "
+                         f"(see the docstring of narrowgate_utils.data.{_MODULES[dataset]} for the expected layout).")
+    root = require_dir(Path(data_dir), f"the {dataset} data folder", "pass an existing folder as data_dir")
+    if dataset == "imagenet":
+        from .data.imagenet import load_imagenet
+        return load_imagenet(root, split=split, n=n, seed=seed, classes=classes)
+    if dataset == "flickr30k":
+        from .data.flickr30k import load_flickr30k
+        return load_flickr30k(root, split=split, n=n, seed=seed)
+    if dataset == "coco_karpathy":
+        from .data.coco import load_coco_karpathy
+        return load_coco_karpathy(root, split=split, n=n, seed=seed)
+    from .data.vqav2 import load_vqav2
+    return load_vqav2(root, split=split, n=n, seed=seed)
+
+
+def patching_pairs(dataset: str = "toy") -> list[tuple[str, str]]:
+    """The (base, target) class pairs of the activation-patching experiment (paper Sec. 4.4).
+
+    Names are the ``Sample.class_name`` values of that dataset (ImageNet: "american alligator").
+    """
+    _check_dataset(dataset)
+    if dataset == "toy":
+        from .data.toy import TOY_PATCHING_PAIRS
+        return [tuple(pair) for pair in TOY_PATCHING_PAIRS]
+    if dataset == "imagenet":
+        from .data.imagenet import display_name, imagenet_patching_pairs
+        return [(display_name(base), display_name(target)) for base, target in imagenet_patching_pairs()]
+    raise ValueError(f"The patching experiment uses class labels; dataset {dataset!r} has none. Use 'toy' or 'imagenet'.")
+
+
+def dataset_classes(dataset: str = "toy", classes: str | None = None) -> list[str]:
+    """The class names (``Sample.class_name``) in label order, e.g. for classification scoring."""
+    _check_dataset(dataset)
+    if dataset == "toy":
+        if classes is not None:
+            raise ValueError(f"classes={classes!r} applies only to dataset='imagenet'; pass classes=None.")
+        from .data.toy import TOY_CLASSES
+        return list(TOY_CLASSES)
+    if dataset == "imagenet":
+        from .data.imagenet import display_name, imagenet_classes
+        return [display_name(name) for name in imagenet_classes(classes)]
+    raise ValueError(f"Dataset {dataset!r} has no class labels; class names exist for 'toy' and 'imagenet'.")
+
+
+
+def _check_dataset(dataset: str) -> None:
+    if dataset not in DATASETS:
+        raise ValueError(f"Unknown dataset {dataset!r}; supported datasets: {', '.join(DATASETS)}.")
+
+
+# ---------------------------------------------------------------- helpers shared by the loaders
+
+def seeded_subset(n_total: int, n: int | None, seed: int, what: str) -> np.ndarray:
+    """Sorted indices of ``n`` of ``n_total`` items drawn without replacement with ``default_rng(seed)``.
+
+    ``n=None`` keeps everything; asking for more than ``n_total`` warns and keeps everything.
+    """
+    if n is None or n >= n_total:
+        if n is not None and n > n_total:
+            warnings.warn(f"{what}: asked for n={n} but only {n_total} are available; using all {n_total}.", stacklevel=3)
+        return np.arange(n_total)
+    return np.sort(np.random.default_rng(seed).choice(n_total, size=int(n), replace=False))
+
+
+def require_file(path: Path, what: str, how: str) -> Path:
+    """``path`` if it is a file, else a ValueError naming the expected file and how to obtain it."""
+    if not path.is_file():
+        raise ValueError(f"Missing {what}: expected {path} ({how}).")
+    return path
+
+
+def require_dir(path: Path, what: str, how: str) -> Path:
+    """``path`` if it is a folder, else a ValueError naming the expected folder and how to obtain it."""
+    if not path.is_dir():
+        raise ValueError(f"Missing {what}: expected a folder {path} ({how}).")
+    return path
+
+
+def read_json(path: Path, what: str, how: str) -> Any:
+    """Parse a JSON file, turning a missing or malformed file into a ValueError that says what to fetch."""
+    require_file(path, what, how)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"Malformed {what}: {path} is not valid JSON ({error}); re-download it ({how}).") from error
+
+
+def malformed(path: Path, what: str, problem: str, how: str) -> ValueError:
+    """The error for a file that parses but lacks the expected structure."""
+    return ValueError(f"Malformed {what} {path}: {problem} ({how}).")
+
+
+def open_rgb(path: Path, how: str) -> Image.Image:
+    """Read one image fully into memory as RGB (the file is closed afterwards)."""
+    require_file(path, "image", how)
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"Unreadable image {path} ({error}); re-download it ({how}).") from error
