@@ -1,0 +1,59 @@
+"""Sec. 4.2 / Fig. 3: how text→image attention is shared among the image-span positions.
+
+With one fixed prompt ("<image> This shape is a") all sequences have the same layout, so the
+per-position attention shares f_j^l (paper eq. 2) can be averaged over samples position by
+position. Positions whose mean share exceeds a threshold are shown by name, the rest are
+pooled into "internal image" and "row separators".
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..data.sample import Sample
+from ..metrics import RunningMean, aggregate_attention_shares, span_token_names
+from ..models.base import Adapter
+from ..tracing import cross_modal_attention_profile
+from .common import batched, cached_arrays
+
+
+def mean_attention_profile(adapter: Adapter, samples: Sequence[Sample], prompt: str, layers: Sequence[int] | None = None,
+                           batch_size: int = 16) -> tuple[np.ndarray, list[str], list[str]]:
+    """f_j^l (eq. 2) of the sample-averaged attention, [n_layers, n_span], with the span's position
+    names and groups. Raw attention is averaged over samples first and normalised at the end."""
+    running = RunningMean()
+    names: list[str] | None = None
+    groups: list[str] = []
+    for chunk in batched(samples, batch_size, desc=f"attention · {adapter.model_id}"):
+        batch = adapter.build_batch([s.image for s in chunk], [prompt] * len(chunk))
+        profile = cross_modal_attention_profile(adapter, batch, layers=layers, normalize=False)  # [L, B, n_span]
+        chunk_names, chunk_groups = span_token_names(batch.layouts[0])
+        if names is None:
+            names, groups = chunk_names, chunk_groups
+        elif chunk_names != names:
+            raise ValueError("Image spans differ between samples; use images of one size so the layout is fixed.")
+        running.update(np.transpose(profile, (1, 0, 2)), batch=True)
+    mean = running.mean  # raw attention averaged over samples, then normalised (the authors' order)
+    return mean / mean.sum(axis=1, keepdims=True), names, groups
+
+
+def attention_shares(mean_profile: np.ndarray, names: list[str], groups: list[str], layers: Sequence[int],
+                     threshold: float = 0.01) -> pd.DataFrame:
+    """Tidy (layer, token, share) table in the style of Fig. 3."""
+    shares = aggregate_attention_shares(mean_profile, names, groups, threshold=threshold)
+    shares["layer"] = np.asarray(list(layers))[shares["layer"].to_numpy()]
+    return shares
+
+
+def attention_profile(adapter: Adapter, samples: Sequence[Sample], prompt: str, layers: Sequence[int],
+                      batch_size: int = 16, cache_dir: str | None = None) -> tuple[np.ndarray, list[str], list[str]]:
+    """:func:`mean_attention_profile` through the activation cache."""
+    def compute() -> dict[str, np.ndarray]:
+        mean, span_names, span_groups = mean_attention_profile(adapter, samples, prompt, layers, batch_size)
+        return {"mean": mean, "names": np.array(span_names), "groups": np.array(span_groups)}
+
+    arrays = cached_arrays(adapter, samples, "cross_modal_attention", {"layers": list(layers), "prompt": prompt},
+                           compute, cache_dir)
+    return arrays["mean"], [str(n) for n in arrays["names"]], [str(g) for g in arrays["groups"]]

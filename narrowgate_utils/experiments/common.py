@@ -1,0 +1,97 @@
+"""Shared helpers of the experiments: model lists, prompts, batching, output folders."""
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from ..data.sample import Sample
+    from ..models.base import Adapter
+
+T = TypeVar("T")
+
+#: the models a notebook compares by default: the native and the non-native toy model
+DEFAULT_MODELS = "toy-native,toy-nonnative"
+#: the class-completion prompt per dataset (paper Sec. 4.2: "<image> This animal is a")
+CLASS_PROMPTS = {"toy": "This shape is a", "imagenet": "This animal is a"}
+
+
+def model_list(model_id: str | Sequence[str]) -> list[str]:
+    """Parse the notebooks' ``model_id`` parameter: one id, a comma-separated string or a list."""
+    ids = [m.strip() for m in model_id.split(",")] if isinstance(model_id, str) else [str(m) for m in model_id]
+    ids = [m for m in ids if m]
+    if not ids:
+        raise ValueError("model_id is empty: pass a hub id, a local checkpoint path or a toy model name (toy-native).")
+    return ids
+
+
+def class_prompt(dataset: str) -> str:
+    if dataset not in CLASS_PROMPTS:
+        raise ValueError(f"No class prompt for dataset '{dataset}'; class-label experiments support {sorted(CLASS_PROMPTS)}.")
+    return CLASS_PROMPTS[dataset]
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    """Seed python, numpy and torch; return a numpy Generator for explicit draws."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+def batched(items: Sequence[T], batch_size: int, desc: str = "") -> Iterator[list[T]]:
+    """Consecutive chunks of ``items`` with a progress bar."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if len(items) == 0:
+        raise ValueError("No samples to process: the dataset selection is empty (check n_samples / dataset / data_dir).")
+    for start in tqdm(range(0, len(items), batch_size), desc=desc, leave=False, disable=not desc):
+        yield list(items[start:start + batch_size])
+
+
+def output_folder(output_dir: str | Path, notebook: str) -> Path:
+    """``output_dir/notebook`` created on demand."""
+    path = Path(output_dir) / notebook
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def display_name(model_id: str) -> str:
+    """Short model name for legends (last path component)."""
+    return Path(str(model_id)).name or str(model_id)
+
+
+def model_fingerprint(adapter: "Adapter") -> dict[str, object]:
+    """What identifies the weights behind an adapter, for cache keys.
+
+    Local checkpoints (toy models included) are identified by their config and the size and
+    modification time of every safetensors file, so retraining a toy model invalidates the cache.
+    """
+    fingerprint: dict[str, object] = {"model_id": adapter.model_id, "family": adapter.family,
+                                      "dtype": str(adapter.model.dtype)}
+    if adapter.checkpoint_dir is not None:
+        directory = Path(adapter.checkpoint_dir)
+        fingerprint["config"] = (directory / "config.json").read_text() if (directory / "config.json").exists() else ""
+        fingerprint["weights"] = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(directory.glob("*.safetensors"))]
+    return fingerprint
+
+
+def cached_arrays(adapter: "Adapter", samples: Sequence["Sample"], what: str, params: dict[str, object],
+                  compute: Callable[[], dict[str, np.ndarray]], cache_dir: str | Path | None = None) -> dict[str, np.ndarray]:
+    """Load ``what`` for (model, samples, params) from the activation cache, or compute and store it.
+
+    The key holds the model fingerprint, the sample ids and every parameter, so a re-run of a
+    notebook's analysis with unchanged inputs skips the forward passes.
+    """
+    from ..cache import ActivationStore
+    from ..toy.registry import cache_dir as default_cache_dir
+
+    store = ActivationStore(Path(cache_dir) if cache_dir is not None else default_cache_dir() / "activations")
+    key = {"what": what, "model": model_fingerprint(adapter), "samples": [s.uid for s in samples], "params": params}
+    return store.get_or_compute(key, compute)
