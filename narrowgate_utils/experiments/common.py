@@ -20,6 +20,12 @@ T = TypeVar("T")
 DEFAULT_MODELS = "toy-native,toy-nonnative"
 #: the class-completion prompt per dataset (paper Sec. 4.2: "<image> This animal is a")
 CLASS_PROMPTS = {"toy": "This shape is a", "imagenet": "This animal is a"}
+#: the VQA prompt after the image (the authors' VQAv2 prompt) and the captioning request
+VQA_PROMPT = "{question}\nAnswer the question using a single word or phrase. Answer:"
+CAPTION_PROMPT = "Describe the image in one sentence."
+#: which evaluation tasks each dataset supports (the toy world has labels, captions and VQA)
+DATASET_TASKS = {"toy": ("vqa", "caption", "classification"), "vqav2": ("vqa",), "flickr30k": ("caption",),
+                 "coco_karpathy": ("caption",), "imagenet": ("classification",)}
 
 
 def model_list(model_id: str | Sequence[str]) -> list[str]:
@@ -35,6 +41,12 @@ def class_prompt(dataset: str) -> str:
     if dataset not in CLASS_PROMPTS:
         raise ValueError(f"No class prompt for dataset '{dataset}'; class-label experiments support {sorted(CLASS_PROMPTS)}.")
     return CLASS_PROMPTS[dataset]
+
+
+def dataset_tasks(dataset: str) -> tuple[str, ...]:
+    if dataset not in DATASET_TASKS:
+        raise ValueError(f"Unknown dataset '{dataset}'; the evaluation supports {sorted(DATASET_TASKS)}.")
+    return DATASET_TASKS[dataset]
 
 
 def seed_everything(seed: int) -> np.random.Generator:

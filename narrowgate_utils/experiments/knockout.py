@@ -1,0 +1,148 @@
+"""Sec. 4.3 / Fig. 5, Table 1, Table A2: attention knockout and its effect on downstream tasks.
+
+An *ablation* names the key positions that text queries may no longer read (every head, the
+chosen layers, post-softmax zeroing by default). Generated tokens are text, so during
+generation every new token is blocked as well. Tasks: VQA accuracy (official normalisation,
+min(1, n/3)), captioning CIDEr-D, and on the class prompt both the greedy classification
+accuracy and χ^{out,gt}, the neighbourhood overlap of the last token's last-layer
+representation with the class labels.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+
+import numpy as np
+import pandas as pd
+
+from ..data.sample import Sample
+from ..interventions import knockout_attention
+from ..layout import Batch
+from ..metrics import cider, classification_accuracy, neighborhood_overlap, vqa_accuracy_batch
+from ..models.base import Adapter
+from ..tracing import collect_residual
+from .common import CAPTION_PROMPT, VQA_PROMPT, batched
+
+#: ablation name -> what it blocks (key positions) for text queries
+ABLATIONS = {
+    "none": "nothing (baseline)",
+    "eoi": "the [EOI] token",
+    "img_to_text": "every image-span token except [EOI]",
+    "last_image": "the last image token",
+    "random": "10 random image tokens (repeated with different draws)",
+}
+
+
+def ablation_sources(batch: Batch, ablation: str, rng: np.random.Generator, n_random: int = 10) -> list[list[int]] | None:
+    """Key positions blocked for text queries, per row; ``None`` for the baseline.
+
+    Besides :data:`ABLATIONS`, any named position of :class:`~narrowgate_utils.layout.TokenLayout`
+    is accepted (e.g. ``"image_index:32"``, ``"row_separators"``).
+    """
+    if ablation == "none":
+        return None
+    if ablation == "img_to_text":
+        return [[p for p in layout.image_span if p != layout.eoi] for layout in batch.layouts]
+    if ablation == "random":
+        return [layout.resolve(f"random_image:{n_random}", rng) for layout in batch.layouts]
+    return [layout.resolve(ablation) for layout in batch.layouts]
+
+
+def _knockout(adapter: Adapter, batch: Batch, ablation: str, layers: Sequence[int], rng: np.random.Generator,
+              mode: str):
+    sources = ablation_sources(batch, ablation, rng)
+    if sources is None:
+        return nullcontext()
+    return knockout_attention(adapter, batch, sources, "text", layers, mode)
+
+
+def generate_under_knockout(adapter: Adapter, images: Sequence, prompts: Sequence[str], ablation: str,
+                            layers: Sequence[int], rng: np.random.Generator, max_new_tokens: int,
+                            batch_size: int, mode: str = "post_softmax", desc: str = "") -> list[str]:
+    """Greedy completions of image-first prompts with the ablation active at every generation step."""
+    outputs: list[str] = []
+    for chunk in batched(list(zip(images, prompts)), batch_size, desc=desc):
+        batch = adapter.build_batch([image for image, _ in chunk], [prompt for _, prompt in chunk])
+        with _knockout(adapter, batch, ablation, layers, rng, mode):
+            outputs.extend(adapter.generate(batch, max_new_tokens=max_new_tokens))
+    return outputs
+
+
+def last_token_vectors(adapter: Adapter, samples: Sequence[Sample], prompt: str, ablation: str, layers: Sequence[int],
+                       rng: np.random.Generator, batch_size: int, mode: str = "post_softmax") -> np.ndarray:
+    """Last-layer residual at the last token of the class prompt under the ablation, [n, d]."""
+    parts = []
+    last = adapter.num_layers - 1
+    for chunk in batched(samples, batch_size):
+        batch = adapter.build_batch([s.image for s in chunk], [prompt] * len(chunk))
+        with _knockout(adapter, batch, ablation, layers, rng, mode):
+            parts.append(collect_residual(adapter, batch, "text_last", layers=[last])[0, :, 0])
+    return np.concatenate([p.numpy() for p in parts])
+
+
+def evaluate_tasks(adapter: Adapter, samples: Sequence[Sample], tasks: Sequence[str], ablation: str,
+                   layers: Sequence[int], class_prompt: str, class_names: Sequence[str], seed: int = 0,
+                   k: int = 30, batch_size: int = 16, max_new_tokens: dict[str, int] | None = None,
+                   mode: str = "post_softmax") -> dict[str, float]:
+    """Scores of one ablation on every task. Image i is asked its question number i mod (its
+    number of questions), so all question types are covered with one question per image."""
+    budget = {"vqa": 20, "caption": 60, "classification": 10, **(max_new_tokens or {})}
+    rng = np.random.default_rng(seed)
+    images = [s.image for s in samples]
+    desc = f"{adapter.model_id} · {ablation}"
+    scores: dict[str, float] = {}
+    if "vqa" in tasks:
+        items = [s.vqa[i % len(s.vqa)] for i, s in enumerate(samples)]
+        answers = generate_under_knockout(adapter, images, [VQA_PROMPT.format(question=i.question) for i in items],
+                                          ablation, layers, rng, budget["vqa"], batch_size, mode, desc + " · vqa")
+        scores["vqa_accuracy"] = float(vqa_accuracy_batch(answers, [i.answers for i in items]).mean())
+    if "caption" in tasks:
+        captions = generate_under_knockout(adapter, images, [CAPTION_PROMPT] * len(samples), ablation, layers, rng,
+                                           budget["caption"], batch_size, mode, desc + " · caption")
+        scores["cider"] = cider(captions, [list(s.captions) for s in samples])
+    if "classification" in tasks:
+        completions = generate_under_knockout(adapter, images, [class_prompt] * len(samples), ablation, layers, rng,
+                                              budget["classification"], batch_size, mode, desc + " · class")
+        scores["class_accuracy"] = classification_accuracy(completions, [s.class_name for s in samples], class_names)
+        vectors = last_token_vectors(adapter, samples, class_prompt, ablation, layers, rng, batch_size, mode)
+        scores["chi_out"] = neighborhood_overlap(vectors, [s.label for s in samples], k=k)
+    return scores
+
+
+def knockout_table(adapter: Adapter, samples: Sequence[Sample], tasks: Sequence[str], ablations: Sequence[str],
+                   class_prompt: str, class_names: Sequence[str], layers: Sequence[int] | None = None,
+                   random_repeats: int = 10, seed: int = 0, **kwargs) -> pd.DataFrame:
+    """Table 1 for one model: one row per ablation (random: mean and std over repeats)."""
+    layers = adapter.check_layers(layers)
+    rows = []
+    for ablation in ablations:
+        repeats = random_repeats if ablation == "random" else 1
+        runs = pd.DataFrame([evaluate_tasks(adapter, samples, tasks, ablation, layers, class_prompt, class_names,
+                                            seed=seed + r, **kwargs) for r in range(repeats)])
+        row = {"ablation": ablation, **runs.mean().to_dict()}
+        if repeats > 1:
+            row.update({f"{metric}_std": value for metric, value in runs.std(ddof=0).to_dict().items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def progressive_knockout(adapter: Adapter, samples: Sequence[Sample], class_prompt: str, step: int,
+                         ablations: Sequence[str] = ("eoi", "img_to_text"), k: int = 30, batch_size: int = 16,
+                         seed: int = 0, mode: str = "post_softmax") -> pd.DataFrame:
+    """Fig. 5: χ^{out,gt} when the last ``w`` layers are knocked out, w = 0, step, 2·step, …, L."""
+    n_layers = adapter.num_layers
+    windows = sorted({*range(0, n_layers, step), n_layers})
+    labels = [s.label for s in samples]
+    rng = np.random.default_rng(seed)
+    baseline = neighborhood_overlap(last_token_vectors(adapter, samples, class_prompt, "none", [], rng, batch_size), labels, k=k)
+    rows = []
+    for ablation in ablations:
+        for window in windows:
+            if window == 0:
+                chi = baseline
+            else:
+                layers = list(range(n_layers - window, n_layers))
+                vectors = last_token_vectors(adapter, samples, class_prompt, ablation, layers, rng, batch_size, mode)
+                chi = neighborhood_overlap(vectors, labels, k=k)
+            rows.append({"ablation": ablation, "window": window, "chi": chi})
+    return pd.DataFrame(rows)
