@@ -1,0 +1,178 @@
+"""On-disk store of extracted activations, keyed by what produced them.
+
+Each entry is a ``.npz`` of named numpy arrays plus a JSON sidecar holding the key
+parameters, every array's shape and dtype, the file size and its SHA-256. Both files are
+written atomically (temporary file + ``os.replace``) and the sidecar is written last, so an
+entry is valid only once complete: a missing, partial or corrupt file is treated as missing
+and recomputed by :meth:`ActivationStore.get_or_compute`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+Arrays = dict[str, np.ndarray]
+FORMAT_VERSION = 1
+
+
+def _canonical(value: Any) -> Any:
+    """JSON-ready, order-independent form of key parameters (tuples, numpy scalars, paths, ranges)."""
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda item: str(item[0]))}
+    if isinstance(value, (list, tuple, range)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted(_canonical(v) for v in value)
+    if isinstance(value, np.ndarray):
+        return _canonical(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise ValueError(f"Key parameter {value!r} of type {type(value).__name__} is not JSON-serialisable; "
+                     "use strings, numbers, booleans, lists or dicts.")
+
+
+def key_hash(key_params: Mapping[str, Any]) -> str:
+    """Stable hash of the key parameters (independent of dict order and Python session)."""
+    text = json.dumps(_canonical(key_params), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def make_key(model_id: str, dataset: str, **params: Any) -> dict[str, Any]:
+    """Key parameters for one extraction: model id, dataset and everything else that matters."""
+    return {"model_id": str(model_id), "dataset": str(dataset), "params": params}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _as_arrays(arrays: Mapping[str, Any]) -> Arrays:
+    if not isinstance(arrays, Mapping) or not arrays:
+        raise ValueError("ActivationStore saves a non-empty dict of arrays (name -> numpy array).")
+    out: Arrays = {}
+    for name, value in arrays.items():
+        if hasattr(value, "detach"):
+            value = value.detach().cpu().numpy()
+        array = np.asarray(value)
+        if array.dtype == object:
+            raise ValueError(f"Array '{name}' has dtype object; store numeric or string arrays only.")
+        out[str(name)] = array
+    return out
+
+
+class ActivationStore:
+    """A directory of ``<hash>.npz`` + ``<hash>.json`` entries (see module docstring)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def paths(self, key_params: Mapping[str, Any]) -> tuple[Path, Path]:
+        """``(data_path, metadata_path)`` of the entry for ``key_params``."""
+        digest = key_hash(key_params)
+        return self.root / f"{digest}.npz", self.root / f"{digest}.json"
+
+    def save(self, key_params: Mapping[str, Any], arrays: Mapping[str, Any]) -> Path:
+        """Write ``arrays`` under ``key_params`` atomically; returns the data path."""
+        data = _as_arrays(arrays)
+        data_path, meta_path = self.paths(key_params)
+        meta_path.unlink(missing_ok=True)  # an overwritten entry reads as missing until complete
+        _atomic_write(data_path, lambda handle: np.savez(handle, **data), "wb")
+        metadata = {
+            "format_version": FORMAT_VERSION,
+            "key": _canonical(key_params),
+            "hash": key_hash(key_params),
+            "arrays": {name: {"shape": list(a.shape), "dtype": a.dtype.str} for name, a in data.items()},
+            "file_size": data_path.stat().st_size,
+            "sha256": _sha256(data_path),
+        }
+        _atomic_write(meta_path, lambda handle: json.dump(metadata, handle, indent=1), "w")
+        return data_path
+
+    def _problem(self, key_params: Mapping[str, Any]) -> str | None:
+        """Why the entry for ``key_params`` cannot be used, or None when it is complete and intact."""
+        data_path, meta_path = self.paths(key_params)
+        if not meta_path.exists():
+            return "no metadata (never written or interrupted)"
+        try:
+            metadata = json.loads(meta_path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            return f"unreadable metadata ({error})"
+        if metadata.get("key") != _canonical(key_params):
+            return "metadata belongs to different key parameters"
+        if not data_path.exists():
+            return "data file missing"
+        if data_path.stat().st_size != metadata.get("file_size") or _sha256(data_path) != metadata.get("sha256"):
+            return "data file does not match its recorded size/checksum (truncated or modified)"
+        return None
+
+    def has(self, key_params: Mapping[str, Any]) -> bool:
+        """Whether a complete, intact entry exists for ``key_params``."""
+        return self._problem(key_params) is None
+
+    def load(self, key_params: Mapping[str, Any]) -> Arrays:
+        """Load the arrays stored under ``key_params``; ValueError if missing or corrupt."""
+        problem = self._problem(key_params)
+        if problem is not None:
+            raise ValueError(f"No valid cache entry for {_canonical(key_params)}: {problem}.")
+        data_path, meta_path = self.paths(key_params)
+        expected = json.loads(meta_path.read_text())["arrays"]
+        with np.load(data_path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+        for name, record in expected.items():
+            array = arrays.get(name)
+            if array is None or list(array.shape) != record["shape"] or array.dtype.str != record["dtype"]:
+                raise ValueError(f"Cache entry {data_path.name}: array '{name}' does not match its recorded shape/dtype.")
+        return arrays
+
+    def get_or_compute(self, key_params: Mapping[str, Any], fn: Callable[[], Mapping[str, Any]]) -> Arrays:
+        """Load the entry for ``key_params``, or call ``fn()`` (a dict of arrays), store and return it."""
+        problem = self._problem(key_params)
+        if problem is None:
+            return self.load(key_params)
+        data_path, meta_path = self.paths(key_params)
+        if meta_path.exists():
+            logger.warning("Recomputing cache entry %s: %s.", data_path.name, problem)
+        arrays = _as_arrays(fn())
+        self.save(key_params, arrays)
+        return arrays
+
+    def delete(self, key_params: Mapping[str, Any]) -> None:
+        """Remove the entry for ``key_params`` (metadata first, so it reads as missing at once)."""
+        data_path, meta_path = self.paths(key_params)
+        meta_path.unlink(missing_ok=True)
+        data_path.unlink(missing_ok=True)
+
+
+__all__ = ["ActivationStore", "key_hash", "make_key"]

@@ -1,0 +1,231 @@
+"""Causal interventions: attention knockout (paper Sec. 4.3) and activation patching (Sec. 4.4).
+
+* :func:`knockout_attention` is a context manager around *any* forward or ``generate`` call
+  (plain HF, an adapter method, or an nnsight trace opened inside it). It swaps the language
+  model's attention for an eager implementation that blocks attention from query positions
+  ``targets`` to key positions ``sources`` in the chosen layers, all heads.
+* :func:`patch_activation` writes the activation of a *source* input at a named position
+  into the forward pass of a *base* input (two nnsight traces) and returns the base logits.
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
+from transformers.models.llama.modeling_llama import repeat_kv
+
+from .layout import Batch
+from .models.base import Adapter
+from .tracing import (PositionSpec, check_site, collect_residual, envoy_of, first_hidden_input, hidden_of,
+                      model_inputs, resolve_positions, traced)
+
+KNOCKOUT_MODES = ("post_softmax", "pre_softmax")
+#: name under which the knockout attention (and its eager-style mask) is registered in transformers
+KNOCKOUT_IMPL = "narrowgate_knockout"
+#: attention extras our eager re-implementation does not reproduce
+_UNSUPPORTED_KWARGS = ("sinks", "s_aux", "softcap")
+
+
+# ------------------------------------------------------------------------------ knockout
+@dataclass(frozen=True)
+class _KnockoutSpec:
+    """One active knockout: which attention modules, which (query, key) pairs, how."""
+
+    module_ids: frozenset[int]
+    sources: torch.Tensor   # bool [rows, prompt_len]: blocked key positions
+    targets: torch.Tensor   # bool [rows, prompt_len]: blocked query positions
+    block_generated: bool   # queries beyond the prompt (generated tokens) are targets too
+    mode: str
+
+    def block(self, rows: int, q_len: int, k_len: int, device: torch.device) -> torch.Tensor:
+        """Bool ``[rows, 1, q_len, k_len]``; queries are the last ``q_len`` of ``k_len`` positions (KV cache)."""
+        n_rows, prompt_len = self.targets.shape
+        if rows != n_rows:
+            raise ValueError(f"The knockout was set up for a batch of {n_rows} rows but the model ran {rows} rows; "
+                             "run the forward/generate on the same batch (no beam search or extra rows).")
+        query_pos = torch.arange(k_len - q_len, k_len)
+        in_prompt = query_pos < prompt_len
+        targets = torch.full((rows, q_len), self.block_generated, dtype=torch.bool)
+        targets[:, in_prompt] = self.targets[:, query_pos[in_prompt]]
+        sources = torch.zeros(rows, k_len, dtype=torch.bool)
+        width = min(k_len, prompt_len)
+        sources[:, :width] = self.sources[:, :width]
+        return (targets[:, None, :, None] & sources[:, None, None, :]).to(device)
+
+
+_ACTIVE: list[_KnockoutSpec] = []
+#: id(config) -> [config, original implementation, number of active knockouts using it]
+_SWAPPED: dict[int, list[Any]] = {}
+
+
+def _additive_mask(attention_mask: torch.Tensor | None, scores: torch.Tensor) -> torch.Tensor | None:
+    """An eager-style float mask (0 / finfo.min), whatever form the mask arrived in."""
+    minimum = torch.finfo(scores.dtype).min
+    if attention_mask is None:
+        q_len, k_len = scores.shape[-2:]
+        if q_len == 1:
+            return None
+        causal = torch.ones(q_len, k_len, dtype=torch.bool, device=scores.device).tril(k_len - q_len)
+        return torch.zeros(q_len, k_len, dtype=scores.dtype, device=scores.device).masked_fill(~causal, minimum)
+    if attention_mask.dtype == torch.bool:
+        return torch.zeros_like(attention_mask, dtype=scores.dtype).masked_fill(~attention_mask, minimum)
+    return attention_mask
+
+
+def _family_eager(module: torch.nn.Module) -> Callable[..., tuple[torch.Tensor, torch.Tensor]] | None:
+    return getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+
+
+def _knockout_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                                attention_mask: torch.Tensor | None, scaling: float, dropout: float = 0.0,
+                                **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eager attention (same operations as HF's ``eager_attention_forward``) with knockout."""
+    unsupported = [name for name in _UNSUPPORTED_KWARGS if kwargs.get(name) is not None]
+    if unsupported:
+        raise ValueError(f"Knockout attention does not implement {unsupported}; this family's attention is not plain eager.")
+    specs = [spec for spec in _ACTIVE if id(module) in spec.module_ids]
+    family_eager = _family_eager(module)
+    if not specs and family_eager is not None:
+        return family_eager(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+    rows, _, q_len, _ = query.shape
+    k_len = key.shape[-2]
+    pre = [spec.block(rows, q_len, k_len, query.device) for spec in specs if spec.mode == "pre_softmax"]
+    post = [spec.block(rows, q_len, k_len, query.device) for spec in specs if spec.mode == "post_softmax"]
+    key_states = repeat_kv(key, module.num_key_value_groups)
+    value_states = repeat_kv(value, module.num_key_value_groups)
+    attn_weights = torch.matmul(query, key_states.transpose(2, 3)) * scaling
+    mask = _additive_mask(attention_mask, attn_weights)
+    if mask is not None:
+        attn_weights = attn_weights + mask
+    for block in pre:
+        attn_weights = attn_weights.masked_fill(block, torch.finfo(attn_weights.dtype).min)
+    attn_weights = torch.nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    for block in post:
+        attn_weights = attn_weights.masked_fill(block, 0.0)
+    attn_weights = torch.nn.functional.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value_states)
+    return attn_output.transpose(1, 2).contiguous(), attn_weights
+
+
+AttentionInterface.register(KNOCKOUT_IMPL, _knockout_attention_forward)
+# without an eager-style mask function for the new name, transformers would build no causal mask
+AttentionMaskInterface.register(KNOCKOUT_IMPL, eager_mask)
+
+
+def _position_mask(batch: Batch, spec: PositionSpec, rng: np.random.Generator | None, what: str) -> torch.Tensor:
+    length = batch.input_ids.shape[1]
+    try:
+        resolved = resolve_positions(batch, spec, rng)
+    except ValueError as error:
+        raise ValueError(f"Knockout {what}: {error}") from error
+    mask = torch.zeros(len(batch), length, dtype=torch.bool)
+    for row, positions in enumerate(resolved):
+        mask[row, positions] = True
+    return mask
+
+
+@contextmanager
+def knockout_attention(adapter: Adapter, batch: Batch, sources: PositionSpec, targets: PositionSpec,
+                       layers: Sequence[int] | None = None, mode: str = "post_softmax", *,
+                       rng: np.random.Generator | None = None,
+                       block_generated: bool | None = None) -> Iterator[None]:
+    """Block attention from ``targets`` (queries) to ``sources`` (keys) in ``layers``, all heads.
+
+    ``mode="post_softmax"`` (the authors' choice) zeroes the selected post-softmax weights
+    without renormalising; ``"pre_softmax"`` sets their scores to the most negative float, so
+    softmax renormalises over the remaining keys. ``sources``/``targets`` are named positions
+    ("eoi", "image", "text", "last_image", "random_image:K" with ``rng``) resolved in each row
+    of ``batch``, or explicit absolute positions per row. Generated tokens are text: with
+    ``block_generated`` (default: True when ``targets == "text"``) every query beyond the
+    prompt is a target too, during cached decoding or full recomputation alike.
+
+    Usage: ``with knockout_attention(adapter, batch, "eoi", "text"): adapter.generate(batch)``.
+    Works around plain HF calls and nnsight traces; ``layers=None`` means all layers.
+    """
+    if mode not in KNOCKOUT_MODES:
+        raise ValueError(f"Unknown knockout mode '{mode}'; use one of {KNOCKOUT_MODES}.")
+    selected = adapter.check_layers(layers)
+    if not selected:
+        raise ValueError("layers is empty; pass at least one layer to knock out (None means all layers).")
+    spec = _KnockoutSpec(
+        module_ids=frozenset(id(adapter.attention(layer)) for layer in selected),
+        sources=_position_mask(batch, sources, rng, "sources"),
+        targets=_position_mask(batch, targets, rng, "targets"),
+        block_generated=(isinstance(targets, str) and targets == "text") if block_generated is None else bool(block_generated),
+        mode=mode,
+    )
+    configs = {id(adapter.attention(layer).config): adapter.attention(layer).config for layer in range(adapter.num_layers)}
+    for key, config in configs.items():
+        entry = _SWAPPED.setdefault(key, [config, config._attn_implementation_internal, 0])
+        entry[2] += 1
+        config._attn_implementation_internal = KNOCKOUT_IMPL
+    _ACTIVE.append(spec)
+    try:
+        yield
+    finally:
+        _ACTIVE.remove(spec)
+        for key in configs:
+            entry = _SWAPPED[key]
+            entry[2] -= 1
+            if entry[2] == 0:
+                entry[0]._attn_implementation_internal = entry[1]
+                del _SWAPPED[key]
+
+
+# ------------------------------------------------------------------------------- patching
+@torch.no_grad()
+def patch_activation(adapter: Adapter, base_batch: Batch, source_batch: Batch, position: PositionSpec = "eoi",
+                     layers: Sequence[int] = (), site: str = "resid", *, rng: np.random.Generator | None = None,
+                     full_logits: bool = False) -> torch.Tensor:
+    """Logits of the BASE input after writing the SOURCE input's activation at ``position``.
+
+    ``site="resid"``: the residual stream x^l of the source replaces the base's at each layer
+    in ``layers`` (usually one layer l; it then propagates through the residual connection).
+    ``site="attn_in"``: the attention-block input x_in^l (what attention reads at that
+    position: its query, key and value) is replaced in every layer of ``layers`` (the paper
+    uses l..L-1), while the base residual stream itself is left alone.
+
+    ``position`` is resolved separately in each batch (different lengths and padding are
+    fine); row i of the base is paired with row i of the source and both must select the same
+    number of positions. Returns float32 CPU logits ``[batch, vocab]`` at the last position,
+    or ``[batch, seq, vocab]`` with ``full_logits=True``.
+    """
+    check_site(site)
+    selected = sorted(set(adapter.check_layers(layers)))
+    if not selected:
+        raise ValueError("layers is empty; pass the layer(s) to patch, e.g. layers=[l] or range(l, n_layers).")
+    if len(base_batch) != len(source_batch):
+        raise ValueError(f"Base batch has {len(base_batch)} rows but source batch has {len(source_batch)}; "
+                         "patching pairs row i of the base with row i of the source.")
+    base_positions = resolve_positions(base_batch, position, rng)
+    source_positions = resolve_positions(source_batch, position, rng)
+    for row, (base_row, source_row) in enumerate(zip(base_positions, source_positions)):
+        if len(base_row) != len(source_row):
+            raise ValueError(f"Row {row}: position '{position}' selects {len(base_row)} base positions but "
+                             f"{len(source_row)} source positions; they must match one to one.")
+    # activations of the SOURCE input, [n_layers, batch, n_pos, d]
+    source_values = collect_residual(adapter, source_batch, source_positions, selected, site)
+    inputs = model_inputs(adapter, base_batch)
+    device = inputs["input_ids"].device
+    index = torch.tensor(base_positions, dtype=torch.long, device=device)
+    rows = torch.arange(len(base_batch), device=device)[:, None]
+    envoys = [envoy_of(adapter, adapter.attention(l) if site == "attn_in" else adapter.layers[l]) for l in selected]
+    root = traced(adapter)
+    logits: list[torch.Tensor] = []
+    with root.trace(**inputs):
+        for k, envoy in enumerate(envoys):
+            hidden = first_hidden_input(envoy.inputs) if site == "attn_in" else hidden_of(envoy.output)
+            hidden[rows, index] = source_values[k].to(device=hidden.device, dtype=hidden.dtype)
+        output_logits = root.output.logits
+        logits.append((output_logits if full_logits else output_logits[:, -1]).detach().to(torch.float32).cpu())
+    return logits[0]
+
+
+__all__ = ["KNOCKOUT_IMPL", "KNOCKOUT_MODES", "knockout_attention", "patch_activation"]

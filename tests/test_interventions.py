@@ -1,0 +1,281 @@
+"""Attention knockout and activation patching on tiny models of every family."""
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+import torch
+
+from narrowgate_utils.interventions import KNOCKOUT_IMPL, knockout_attention, patch_activation
+from narrowgate_utils.tiny import TINY_FAMILIES, build_tiny
+from narrowgate_utils.tracing import collect_attention
+
+torch.set_num_threads(1)
+REQUIRED_FAMILIES = ("chameleon", "llava")
+TEXTS = ["this animal is a", "what colour is the shape ?"]
+_ADAPTERS: dict = {}
+
+
+def tiny(family: str):
+    """Build (once) the tiny model of ``family``; families still being written are skipped."""
+    if family not in _ADAPTERS:
+        try:
+            _ADAPTERS[family] = build_tiny(family)
+        except Exception as error:  # a family module added concurrently may not build yet
+            if family in REQUIRED_FAMILIES:
+                raise
+            pytest.skip(f"tiny {family} does not build: {error}")
+    return _ADAPTERS[family]
+
+
+def images(family: str, n: int, seed: int = 0) -> list[np.ndarray]:
+    size = getattr(importlib.import_module(f"narrowgate_utils.tiny.{family}"), "IMAGE_SIZE", 32)
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def padded_batch(family: str, seed: int = 0, texts: list[str] = TEXTS):
+    adapter = tiny(family)
+    return adapter, adapter.build_batch(images(family, len(texts), seed), texts)
+
+
+@torch.no_grad()
+def run(adapter, batch, **kwargs):
+    return adapter.model(**batch.inputs, **kwargs)
+
+
+# ------------------------------------------------------------------------------ knockout
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_post_softmax_knockout_zeroes_exactly_the_blocked_weights(family):
+    adapter, batch = padded_batch(family)
+    plain = run(adapter, batch, output_attentions=True)
+    with knockout_attention(adapter, batch, sources="eoi", targets="text"):
+        blocked = run(adapter, batch, output_attentions=True)
+        traced = collect_attention(adapter, batch)  # the same context works around nnsight traces
+    assert torch.equal(traced, torch.stack(blocked.attentions))
+    for row, layout in enumerate(batch.layouts):
+        text, eoi = list(layout.text_positions), layout.eoi
+        for layer in range(adapter.num_layers):
+            weights, reference = blocked.attentions[layer][row], plain.attentions[layer][row]
+            assert torch.all(weights[:, text, eoi] == 0)
+            assert torch.all(reference[:, text, eoi] > 0)
+            # queries that are not targets are untouched, bit for bit
+            assert torch.equal(weights[:, : eoi + 1], reference[:, : eoi + 1])
+        # first layer: target rows keep every other weight and are not renormalised
+        first, reference = blocked.attentions[0][row], plain.attentions[0][row]
+        others = [k for k in range(layout.seq_len) if k != eoi]
+        assert torch.equal(first[:, text][:, :, others], reference[:, text][:, :, others])
+        torch.testing.assert_close(first[:, text].sum(-1), 1 - reference[:, text, eoi])
+    assert (blocked.logits[:, -1] - plain.logits[:, -1]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_pre_softmax_knockout_renormalises(family):
+    adapter, batch = padded_batch(family)
+    plain = run(adapter, batch, output_attentions=True)
+    with knockout_attention(adapter, batch, sources="image", targets="text", mode="pre_softmax"):
+        blocked = run(adapter, batch, output_attentions=True)
+    for row, layout in enumerate(batch.layouts):
+        text, image = list(layout.text_positions), list(layout.image_positions)
+        for layer in range(adapter.num_layers):
+            weights = blocked.attentions[layer][row]
+            assert torch.all(weights[:, text][:, :, image] == 0)
+            torch.testing.assert_close(weights[:, text].sum(-1), torch.ones(weights.shape[0], len(text)))
+            assert torch.equal(weights[:, : layout.eoi + 1], plain.attentions[layer][row][:, : layout.eoi + 1])
+    assert (blocked.logits[:, -1] - plain.logits[:, -1]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("family", ["chameleon", "llava"])
+def test_knockout_only_touches_selected_layers_and_restores_the_model(family):
+    adapter, batch = padded_batch(family)
+    config = adapter.attention(0).config
+    before = config._attn_implementation
+    plain = run(adapter, batch, output_attentions=True)
+    eoi = [[layout.eoi] for layout in batch.layouts]
+    with knockout_attention(adapter, batch, sources=eoi, targets="text", layers=[2, 3]):
+        assert config._attn_implementation == KNOCKOUT_IMPL
+        blocked = run(adapter, batch, output_attentions=True)
+    assert config._attn_implementation == before
+    for layer in (0, 1):
+        assert torch.equal(blocked.attentions[layer], plain.attentions[layer])
+    for row, layout in enumerate(batch.layouts):
+        assert torch.all(blocked.attentions[2][row][:, list(layout.text_positions), layout.eoi] == 0)
+    with pytest.raises(RuntimeError, match="boom"):
+        with knockout_attention(adapter, batch, "eoi", "text"):
+            raise RuntimeError("boom")
+    assert config._attn_implementation == before
+    assert torch.equal(run(adapter, batch).logits, plain.logits)
+
+
+def greedy_without_cache(adapter, batch, steps: int) -> torch.Tensor:
+    """Reference decoding: recompute the whole sequence at every step (no KV cache)."""
+    ids, mask = batch.inputs["input_ids"], batch.inputs["attention_mask"]
+    extra = {k: v for k, v in batch.inputs.items() if k not in ("input_ids", "attention_mask")}
+    for _ in range(steps):
+        with torch.no_grad():
+            logits = adapter.model(input_ids=ids, attention_mask=mask, use_cache=False, **extra).logits
+        ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        # per-token extras (e.g. Qwen2-VL's mm_token_type_ids) grow with text tokens (type 0)
+        extra = {k: torch.cat([v, torch.zeros_like(v[:, :1])], dim=1) if v.shape[:2] == mask[:, :-1].shape else v
+                 for k, v in extra.items()}
+    return ids[:, batch.input_ids.shape[1]:]
+
+
+def until_eos(tokens: torch.Tensor, eos: int | None) -> list[list[int]]:
+    rows = []
+    for row in tokens.tolist():
+        rows.append(row[: row.index(eos) + 1] if eos in row else row)
+    return rows
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_knockout_blocks_generated_tokens(family):
+    adapter, batch = padded_batch(family)
+    steps, prompt_len = 4, batch.input_ids.shape[1]
+    options = dict(max_new_tokens=steps, do_sample=False, output_attentions=True, return_dict_in_generate=True,
+                   pad_token_id=adapter.tokenizer.pad_token_id)
+    with knockout_attention(adapter, batch, sources="eoi", targets="text"):
+        with torch.no_grad():
+            generated = adapter.model.generate(**batch.inputs, **options)
+        reference = greedy_without_cache(adapter, batch, steps)
+        texts = adapter.generate(batch, max_new_tokens=steps)
+    new_tokens = generated.sequences[:, prompt_len:]
+    eos = adapter.tokenizer.eos_token_id
+    assert until_eos(new_tokens, eos) == until_eos(reference, eos)
+    assert texts == [t.strip() for t in adapter.decode(generated.sequences[:, prompt_len:])]
+    assert len(generated.attentions) == steps
+    for step in generated.attentions[1:]:  # decoding steps: one new query per row
+        for layer in step:
+            assert layer.shape[2] == 1
+            for row, layout in enumerate(batch.layouts):
+                assert torch.all(layer[row, :, 0, layout.eoi] == 0)
+    # with block_generated=False the new queries read [EOI] again
+    with knockout_attention(adapter, batch, sources="eoi", targets="text", block_generated=False):
+        with torch.no_grad():
+            free = adapter.model.generate(**batch.inputs, **options)
+    assert all(free.attentions[1][0][row, :, 0, layout.eoi].min() > 0 for row, layout in enumerate(batch.layouts))
+
+
+def test_knockout_bad_inputs():
+    adapter, batch = padded_batch("chameleon")
+    with pytest.raises(ValueError, match="Unknown knockout mode"):
+        with knockout_attention(adapter, batch, "eoi", "text", mode="zero"):
+            pass
+    with pytest.raises(ValueError, match="out of range"):
+        with knockout_attention(adapter, batch, "eoi", "text", layers=[-adapter.num_layers - 1]):
+            pass
+    with pytest.raises(ValueError, match="outside the sequence"):
+        with knockout_attention(adapter, batch, [[500], [5]], "text"):
+            pass
+    with pytest.raises(ValueError, match="Unknown position name"):
+        with knockout_attention(adapter, batch, "eoi", "texts"):
+            pass
+    other = adapter.build_batch(images("chameleon", 1), TEXTS[:1])
+    with pytest.raises(ValueError, match="batch of 2 rows"):
+        with knockout_attention(adapter, batch, "eoi", "text"):
+            run(adapter, other)
+    assert adapter.attention(0).config._attn_implementation == "eager"
+
+
+# ------------------------------------------------------------------------------- patching
+def manual_patch(adapter, base, source, layer: int, site: str) -> torch.Tensor:
+    """Reference patch with plain torch hooks: source activation at [EOI] -> base forward at [EOI]."""
+    stored = {}
+
+    def site_module():
+        return adapter.input_layernorm(layer) if site == "attn_in" else adapter.layers[layer]
+
+    def hidden(output):
+        return output[0] if isinstance(output, tuple) else output
+
+    def save(module, inputs, output):
+        stored["value"] = torch.stack([hidden(output)[row, layout.eoi] for row, layout in enumerate(source.layouts)])
+
+    def write(module, inputs, output):
+        for row, layout in enumerate(base.layouts):
+            hidden(output)[row, layout.eoi] = stored["value"][row]
+
+    for hook_fn, batch in ((save, source), (write, base)):
+        handle = site_module().register_forward_hook(hook_fn)
+        try:
+            logits = run(adapter, batch).logits[:, -1]
+        finally:
+            handle.remove()
+    return logits
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+@pytest.mark.parametrize("site", ["resid", "attn_in"])
+def test_patch_takes_source_activations_into_the_base(family, site):
+    """(d) would catch base/source swapped: result must equal the hook reference A<-B only."""
+    adapter, base = padded_batch(family, seed=0)
+    _, source = padded_batch(family, seed=1, texts=TEXTS[::-1])  # other padding: [EOI] moves
+    assert base.layouts[0].eoi != source.layouts[0].eoi
+    patched = patch_activation(adapter, base, source, "eoi", layers=[1], site=site)
+    expected = manual_patch(adapter, base, source, layer=1, site=site)
+    torch.testing.assert_close(patched, expected, rtol=0, atol=1e-5)
+    swapped = manual_patch(adapter, source, base, layer=1, site=site)
+    assert (patched - swapped).abs().max() > 1e-4
+    assert (patched - run(adapter, base).logits[:, -1]).abs().max() > 1e-5
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_last_layer_residual_patch_only_changes_eoi(family):
+    """(a) the last-layer residual at [EOI] reaches no other position."""
+    adapter, base = padded_batch(family, seed=0)
+    _, source = padded_batch(family, seed=1, texts=TEXTS[::-1])
+    last = adapter.num_layers - 1
+    patched = patch_activation(adapter, base, source, "eoi", layers=[last], full_logits=True)
+    base_logits, source_logits = run(adapter, base).logits, run(adapter, source).logits
+    torch.testing.assert_close(patched[:, -1], base_logits[:, -1], rtol=0, atol=1e-6)
+    for row in range(2):
+        b_eoi, s_eoi = base.layouts[row].eoi, source.layouts[row].eoi
+        assert b_eoi != base.layouts[row].text_last
+        torch.testing.assert_close(patched[row, b_eoi], source_logits[row, s_eoi], rtol=0, atol=1e-5)
+        assert (base_logits[row, b_eoi] - source_logits[row, s_eoi]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_patching_every_position_at_layer_zero_gives_the_source_output(family):
+    """(b) equal-length prompts, all positions patched after layer 0 -> the source's logits."""
+    adapter = tiny(family)
+    text = ["this animal is a"] * 2
+    base = adapter.build_batch(images(family, 2, seed=0), text)
+    source = adapter.build_batch(images(family, 2, seed=1), text)
+    assert base.input_ids.shape == source.input_ids.shape
+    everything = [list(range(base.input_ids.shape[1]))] * 2
+    patched = patch_activation(adapter, base, source, everything, layers=[0], full_logits=True)
+    torch.testing.assert_close(patched, run(adapter, source).logits, rtol=0, atol=1e-5)
+    assert (run(adapter, base).logits - run(adapter, source).logits).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_attn_in_patch_at_eoi_changes_base_output(family):
+    """(c) identical text, different images: [EOI]'s attention input in every layer carries the image."""
+    adapter = tiny(family)
+    text = ["this animal is a"] * 2
+    base = adapter.build_batch(images(family, 2, seed=0), text)
+    source = adapter.build_batch(images(family, 2, seed=1), text)
+    layers = range(adapter.num_layers)
+    base_logits = run(adapter, base).logits[:, -1]
+    patched = patch_activation(adapter, base, source, "eoi", layers=layers, site="attn_in")
+    assert (patched - base_logits).abs().max() > 1e-4
+    unchanged = patch_activation(adapter, base, base, "eoi", layers=layers, site="attn_in")
+    torch.testing.assert_close(unchanged, base_logits, rtol=0, atol=1e-6)
+
+
+def test_patch_bad_inputs():
+    adapter, base = padded_batch("llava")
+    single = adapter.build_batch(images("llava", 1), TEXTS[:1])
+    with pytest.raises(ValueError, match="Unknown site"):
+        patch_activation(adapter, base, base, "eoi", layers=[0], site="mlp")
+    with pytest.raises(ValueError, match="out of range"):
+        patch_activation(adapter, base, base, "eoi", layers=[adapter.num_layers])
+    with pytest.raises(ValueError, match="layers is empty"):
+        patch_activation(adapter, base, base, "eoi", layers=[])
+    with pytest.raises(ValueError, match="pairs row i"):
+        patch_activation(adapter, base, single, "eoi", layers=[0])
+    with pytest.raises(ValueError, match="outside the sequence"):
+        patch_activation(adapter, base, base, [[100], [3]], layers=[0])
