@@ -195,8 +195,8 @@ def layout_from_ids(
     image_positions = [i for i, flag in enumerate(is_image) if flag and i >= offset]
     if not image_positions:
         raise ValueError(
-            f"No image tokens found in the {family} prompt: the prompt needs an image placeholder "
-            f"and the image must be expanded into image tokens (did you pass an image?)."
+            f"Image span not found. No image tokens found in the {family} prompt: the prompt needs an image "
+            f"placeholder and the image must be expanded into image tokens (did you pass an image?)."
         )
     first, last = image_positions[0], image_positions[-1]
     soi = None

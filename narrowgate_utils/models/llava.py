@@ -8,10 +8,21 @@ defines an explicit ``<eoi>`` marker (the toy-world LLaVA-architecture models do
 right after the image), that token is [EOI]. Otherwise the conventional [EOI] is the first
 position after the last image token, i.e. the first token that can attend to the whole image
 (``TokenLayout.eoi_is_conventional`` is then True, and that token is not counted as text).
+
+**LLaVA-NeXT / OneVision row separators.** These models write one ``image_newline`` feature
+at the end of every row of the high-resolution grid, but in ``input_ids`` those positions
+hold the same ``<image>`` id as every other image feature (the newline is inserted inside
+the model, and the grid size depends on the original image size, which ``locate`` does not
+see). Row separators are therefore *not* located for these families
+(``layout.row_separators`` is empty) and the newline features are counted among the image
+tokens.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
 import torch
 
 from ..layout import TokenLayout
@@ -75,8 +86,8 @@ def conventional_eoi_layout(input_ids: torch.Tensor, attention_mask: torch.Tenso
     offset = Adapter.pad_offset(attention_mask)
     image_positions = [i for i, t in enumerate(ids) if t in image_ids and i >= offset]
     if not image_positions:
-        raise ValueError(f"No image tokens found in the {family} prompt: the prompt needs an image placeholder "
-                         "and an image.")
+        raise ValueError(f"Image span not found. No image tokens found in the {family} prompt: the prompt needs an "
+                         "image placeholder and an image.")
     last = image_positions[-1]
     eoi = last + 1 if last + 1 < len(ids) else last
     return TokenLayout(
@@ -104,6 +115,20 @@ class LlavaNextAdapter(LlavaAdapter):
 class LlavaOnevisionAdapter(LlavaAdapter):
     family = "llava_onevision"
     model_types = ("llava_onevision",)
+
+    def __init__(self, model: torch.nn.Module, processor: Any, model_id: str | Path = "",
+                 checkpoint_dir: str | Path | None = None) -> None:
+        """Without torchvision ``AutoProcessor`` returns a bare tokenizer: rebuild an image-only processor."""
+        from .processors import LlavaOnevisionImageOnlyProcessor, complete_processor
+
+        super().__init__(model, processor, model_id, checkpoint_dir)
+        config, vision = model.config, model.config.vision_config
+        self.processor = complete_processor(
+            processor, checkpoint_dir or model_id,
+            lambda image_processor, tokenizer: LlavaOnevisionImageOnlyProcessor(
+                image_processor, tokenizer, num_image_tokens=(vision.image_size // vision.patch_size) ** 2,
+                vision_feature_select_strategy=config.vision_feature_select_strategy,
+                vision_aspect_ratio=config.vision_aspect_ratio))
 
     @classmethod
     def model_class(cls) -> type:
