@@ -119,6 +119,12 @@ class Adapter(ABC):
             raise ValueError(f"Got {len(images)} images but {len(texts)} texts; pass one text per image.")
         if len(images) == 0:
             raise ValueError("build_batch needs at least one image+text pair; the input is empty.")
+        if not self.has_image_pipeline():
+            raise ValueError(
+                f"The processor of {self.model_id or self.family} cannot encode images (it is a bare tokenizer, "
+                "e.g. because AutoProcessor did not recognise the checkpoint's processor): pass the family's full "
+                "*Processor to the adapter."
+            )
         prompts = [self.format_prompt(text, order) for text in texts]
         inputs = self.encode([as_pil(image) for image in images], prompts)
         self.check_context(inputs["input_ids"])
@@ -134,6 +140,10 @@ class Adapter(ABC):
                 f"Prompt of {input_ids.shape[-1]} tokens exceeds the context window of {limit} tokens of "
                 f"{self.model_id or self.family}; use smaller images or shorter text."
             )
+
+    def has_image_pipeline(self) -> bool:
+        """Whether the processor can turn images into model inputs (a bare tokenizer cannot)."""
+        return hasattr(self.processor, "image_processor")
 
     # ------------------------------------------------------------ helpers
     def token_id(self, token: str) -> int:

@@ -47,6 +47,9 @@ class ChameleonAdapter(Adapter):
     def uses_toy_image_tokenizer(self) -> bool:
         return self.checkpoint_dir is not None and (Path(self.checkpoint_dir) / TOY_IMAGE_TOKENIZER).exists()
 
+    def has_image_pipeline(self) -> bool:
+        return self.uses_toy_image_tokenizer or super().has_image_pipeline()
+
     def format_prompt(self, text: str, order: str = "image_first") -> str:
         return f"{IMAGE_PLACEHOLDER}{text}" if order == "image_first" else f"{text}{IMAGE_PLACEHOLDER}"
 

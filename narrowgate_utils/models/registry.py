@@ -130,6 +130,6 @@ def load(
     model.eval()
     try:
         processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, TypeError, KeyError):
+    except (OSError, ValueError, TypeError, KeyError, ImportError):
         processor = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
     return cls(model, processor, model_id, checkpoint_dir=checkpoint)

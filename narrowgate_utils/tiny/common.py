@@ -32,3 +32,14 @@ def seeded_init(model_cls: type, config, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     config._attn_implementation = "eager"
     return model_cls(config).eval()
+
+
+def with_named_tokens(tokenizer: PreTrainedTokenizerFast, **named: str) -> PreTrainedTokenizerFast:
+    """Re-wrap a tiny tokenizer so that ``tokenizer.<name>`` / ``<name>_id`` exist (e.g. ``image_token``),
+    as on the real checkpoints' tokenizers that multimodal processors read them from."""
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer.backend_tokenizer, bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token,
+        pad_token=tokenizer.pad_token, unk_token=tokenizer.unk_token,
+        additional_special_tokens=list(tokenizer.extra_special_tokens), **named)
+    wrapped.padding_side = tokenizer.padding_side
+    return wrapped

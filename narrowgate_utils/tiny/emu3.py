@@ -1,12 +1,11 @@
 """Tiny random Emu3: 32 px images, a 3-downsample VQ-VAE → 4×4 codes + one row separator per row."""
 from __future__ import annotations
 
-from transformers import (Emu3Config, Emu3ForConditionalGeneration, Emu3ImageProcessor, Emu3Processor,
-                          PreTrainedTokenizerFast)
+from transformers import (Emu3Config, Emu3ForConditionalGeneration, Emu3ImageProcessor, Emu3Processor)
 
 from ..models.emu3 import (EOF_TOKEN, EOI_TOKEN, IMAGE_PLACEHOLDER, IMAGE_WRAPPER_TOKEN, ROW_SEPARATOR_TOKEN,
                            SOI_TOKEN, Emu3Adapter)
-from .common import seeded_init, word_tokenizer
+from .common import seeded_init, with_named_tokens, word_tokenizer
 
 N_CODES = 32
 IMAGE_SIZE = 32
@@ -19,17 +18,6 @@ SIZE_WORDS = ("*", *(str(d) for d in range(10)))
 def visual_token_name(index: int) -> str:
     """Emu3's BPE name of VQ code ``index`` (the model parses the six digits back)."""
     return f"<|visual token{index:06d}|>"
-
-
-def with_named_tokens(tokenizer: PreTrainedTokenizerFast, **named: str) -> PreTrainedTokenizerFast:
-    """Re-wrap a tiny tokenizer so that ``tokenizer.<name>`` / ``<name>_id`` exist (e.g. ``image_token``),
-    as on the real checkpoints' tokenizers that multimodal processors read them from."""
-    wrapped = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer.backend_tokenizer, bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token,
-        pad_token=tokenizer.pad_token, unk_token=tokenizer.unk_token,
-        additional_special_tokens=list(tokenizer.extra_special_tokens), **named)
-    wrapped.padding_side = tokenizer.padding_side
-    return wrapped
 
 
 def build(seed: int = 0) -> Emu3Adapter:

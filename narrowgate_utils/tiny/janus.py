@@ -5,8 +5,7 @@ from transformers import JanusConfig, JanusForConditionalGeneration, JanusProces
 from transformers.models.janus.image_processing_pil_janus import JanusImageProcessorPil
 
 from ..models.janus import EOI_TOKEN, IMAGE_PLACEHOLDER, SOI_TOKEN, JanusAdapter
-from .common import seeded_init, word_tokenizer
-from .emu3 import with_named_tokens
+from .common import seeded_init, with_named_tokens, word_tokenizer
 from .llava import tiny_llama
 
 IMAGE_SIZE = 32
