@@ -1,0 +1,67 @@
+"""Masked fine-tuning (the paper's later version): LoRA fine-tuning while text cannot see [EOI].
+
+Two runs start from the same model with the same data and hyper-parameters: *masked* (every
+text query is blocked from [EOI] during training) and *control* (no mask). Comparing the
+knockout table and the attention / overlap profiles before and after shows whether the
+visual information was rerouted around [EOI].
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+
+from ..data.sample import Sample
+from ..finetune import FinetuneConfig, finetune_lora, load_finetuned, read_training_log
+from ..models.base import Adapter
+from . import attention, knockout, overlap
+
+VARIANTS = ("before", "masked", "control")
+
+
+def finetune_both(adapter: Adapter, train_samples: Sequence[Sample], config: FinetuneConfig, run_dir: str | Path,
+                  class_prompt: str, mix: Sequence[str] = ("vqa", "caption", "class")) -> dict[str, Path]:
+    """The masked and the control LoRA runs (resumable; finished runs are reused)."""
+    run_dir = Path(run_dir)
+    return {name: finetune_lora(adapter, train_samples, replace(config, mask_eoi=(name == "masked")), run_dir / name,
+                                mix=mix, class_prompt=class_prompt)
+            for name in ("masked", "control")}
+
+
+def variants(adapter: Adapter, runs: dict[str, Path]) -> dict[str, Adapter]:
+    """The base model and the two fine-tuned models (LoRA merged), keyed by variant."""
+    return {"before": adapter, **{name: load_finetuned(adapter, path) for name, path in runs.items()}}
+
+
+def training_curves(runs: dict[str, Path]) -> pd.DataFrame:
+    """(variant, step, loss) of both runs from their training logs."""
+    frames = []
+    for name, path in runs.items():
+        log = read_training_log(path) or {}
+        curve = pd.DataFrame(log.get("curve", []), columns=["step", "loss"])
+        frames.append(curve.assign(variant=name))
+    return pd.concat(frames, ignore_index=True)
+
+
+def before_after_table(models: dict[str, Adapter], samples: Sequence[Sample], tasks: Sequence[str],
+                       ablations: Sequence[str], class_prompt: str, class_names: Sequence[str], **kwargs) -> pd.DataFrame:
+    """Knockout table (see :func:`knockout.knockout_table`) of every variant."""
+    return pd.concat([knockout.knockout_table(model, samples, tasks, ablations, class_prompt, class_names, **kwargs)
+                      .assign(variant=name) for name, model in models.items()], ignore_index=True)
+
+
+def profiles(models: dict[str, Adapter], samples: Sequence[Sample], prompt: str, k: int = 30, batch_size: int = 16,
+             seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """f^l shares (eq. 2) and χ^l (eq. 3) of every variant, with the variant as the 'model' column."""
+    shares, chis = [], []
+    labels = [s.label for s in samples]
+    for name, model in models.items():
+        layers = model.check_layers(None)
+        profile, names, groups = attention.mean_attention_profile(model, samples, prompt, layers, batch_size)
+        shares.append(attention.attention_shares(profile, names, groups, layers).assign(model=name))
+        vectors = overlap.collect_overlap_vectors(model, samples, prompt, layers, max_internal=8, batch_size=batch_size,
+                                                  seed=seed)
+        chis.append(overlap.overlap_profile(vectors, labels, layers, k).assign(model=name))
+    return pd.concat(shares, ignore_index=True), pd.concat(chis, ignore_index=True)
