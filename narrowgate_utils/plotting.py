@@ -9,6 +9,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
 from .atomic import atomic_path
 
@@ -21,7 +22,7 @@ def _require(frame: pd.DataFrame, columns: tuple[str, ...], what: str) -> None:
         raise ValueError(f"{what} needs columns {columns}; missing {missing}.")
 
 
-def _panels(n: int, width: float = 4.2, height: float = 3.2) -> tuple[plt.Figure, list[plt.Axes]]:
+def _panels(n: int, width: float = 4.6, height: float = 3.2) -> tuple[plt.Figure, list[plt.Axes]]:
     fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False)
     return fig, list(axes[0])
 
@@ -68,7 +69,8 @@ def plot_attention_shares(shares: pd.DataFrame) -> plt.Figure:
         table = table[table.mean().sort_values(ascending=False).index]
         ax.stackplot(table.index, table.T.values, labels=table.columns, colors=PALETTE[: len(table.columns)] * 3, alpha=0.85)
         ax.set(xlabel="layer", ylabel="share of text→image attention", ylim=(0, 1), title=model)
-        ax.legend(fontsize=7, loc="upper right")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     return fig
 
@@ -83,6 +85,7 @@ def plot_overlap(overlap: pd.DataFrame) -> plt.Figure:
         for color, (token, rows) in zip(PALETTE, part.groupby("token", sort=False)):
             ax.plot(rows["layer"], rows["chi"], color=color, marker="o", ms=3, label=token)
         ax.set(xlabel="layer", ylabel=r"$\chi^{l,gt}$ (class)", ylim=(-0.02, 1.02), title=model)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
@@ -99,6 +102,7 @@ def plot_progressive_knockout(knockout: pd.DataFrame) -> plt.Figure:
         for ablation, rows in part.groupby("ablation", sort=False):
             ax.plot(rows["window"], rows["chi"], marker="o", ms=3, color=colors.get(ablation), label=ablation)
         ax.set(xlabel="knocked-out final layers", ylabel=r"$\chi^{out,gt}$", ylim=(-0.02, 1.02), title=model)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
