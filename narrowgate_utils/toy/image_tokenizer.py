@@ -1,0 +1,238 @@
+"""Discrete low-level image tokenizer for the toy native models: a k-means patch codebook.
+
+An image is cut into non-overlapping ``patch_size`` x ``patch_size`` RGB patches (raster
+order, like a VQ-VAE latent grid); each patch is replaced by the index of its nearest
+codebook vector (L2 in [0, 1] pixel units). Decoding pastes the codebook vectors back.
+It plays the role of Chameleon's VQ-VAE: codes are mapped to BPE ids through the model's
+own ``vocabulary_map`` (``IMGIMG…Z`` names), exactly as
+``ChameleonImageVocabularyMapping`` maps VQ indices.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+IMAGE_TOKENIZER_WEIGHTS = "image_tokenizer.safetensors"
+IMAGE_TOKENIZER_CONFIG = "image_tokenizer.json"
+_DIGIT_LETTERS = "ABCDEFGHIJ"
+
+
+def code_token_name(code: int) -> str:
+    """Chameleon's BPE name of VQ code ``code`` (digits written as letters A-J, then 'Z')."""
+    if code < 0:
+        raise ValueError(f"VQ code indices are >= 0, got {code}.")
+    return "IMGIMG" + "".join(_DIGIT_LETTERS[int(d)] for d in str(code)) + "Z"
+
+
+def images_to_array(images: Sequence[Image.Image | np.ndarray] | np.ndarray, image_size: int) -> np.ndarray:
+    """Stack images as a float32 array [n, H, W, 3] in [0, 1], resized to ``image_size`` if needed."""
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        images = list(images)
+    arrays = []
+    for image in images:
+        pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
+        pil = pil.convert("RGB")
+        if pil.size != (image_size, image_size):
+            pil = pil.resize((image_size, image_size), Image.Resampling.BICUBIC)
+        arrays.append(np.asarray(pil, dtype=np.float32) / 255.0)
+    if not arrays:
+        raise ValueError("No images given: pass a non-empty list of RGB images.")
+    return np.stack(arrays)
+
+
+class PatchCodebook:
+    """k-means codebook over ``patch_size`` x ``patch_size`` RGB patches of ``image_size`` images."""
+
+    def __init__(self, codebook: torch.Tensor, image_size: int, patch_size: int) -> None:
+        if image_size % patch_size:
+            raise ValueError(f"image_size {image_size} must be a multiple of patch_size {patch_size}.")
+        if codebook.ndim != 2 or codebook.shape[1] != patch_size * patch_size * 3:
+            raise ValueError(f"Codebook must be [K, {patch_size * patch_size * 3}], got {tuple(codebook.shape)}.")
+        self.codebook = codebook.float().contiguous()
+        self.image_size = image_size
+        self.patch_size = patch_size
+
+    @property
+    def n_embeddings(self) -> int:
+        """Codebook size K (codes are 0..K-1)."""
+        return int(self.codebook.shape[0])
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def n_codes(self) -> int:
+        """Codes per image (grid x grid, raster order)."""
+        return self.grid * self.grid
+
+    def patches(self, images: Sequence[Image.Image | np.ndarray] | np.ndarray) -> torch.Tensor:
+        """Patch vectors [n, n_codes, p*p*3] in [0, 1], raster order."""
+        x = torch.from_numpy(images_to_array(images, self.image_size))
+        n, p, g = x.shape[0], self.patch_size, self.grid
+        x = x.reshape(n, g, p, g, p, 3).permute(0, 1, 3, 2, 4, 5)
+        return x.reshape(n, g * g, p * p * 3)
+
+    def quantize(self, vectors: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
+        """Index of the nearest codebook vector for each row of ``vectors`` [m, d]."""
+        c_sq = (self.codebook ** 2).sum(1)
+        out = []
+        for start in range(0, vectors.shape[0], chunk):
+            block = vectors[start:start + chunk]
+            out.append((c_sq[None, :] - 2 * block @ self.codebook.T).argmin(1))
+        return torch.cat(out)
+
+    def encode(self, images: Sequence[Image.Image | np.ndarray] | np.ndarray) -> torch.LongTensor:
+        """Codebook indices [n, n_codes] (0..K-1) of ``images``."""
+        patches = self.patches(images)
+        n = patches.shape[0]
+        return self.quantize(patches.reshape(-1, patches.shape[-1])).reshape(n, self.n_codes)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Images [n, H, W, 3] in [0, 1] from codebook indices [n, n_codes]."""
+        codes = torch.as_tensor(codes, dtype=torch.long)
+        if codes.ndim != 2 or codes.shape[1] != self.n_codes:
+            raise ValueError(f"decode expects codes of shape [n, {self.n_codes}], got {tuple(codes.shape)}.")
+        if int(codes.min()) < 0 or int(codes.max()) >= self.n_embeddings:
+            raise ValueError(f"Codes must lie in 0..{self.n_embeddings - 1}.")
+        n, p, g = codes.shape[0], self.patch_size, self.grid
+        x = self.codebook[codes].reshape(n, g, g, p, p, 3).permute(0, 1, 3, 2, 4, 5)
+        return x.reshape(n, self.image_size, self.image_size, 3)
+
+    def reconstruction_error(self, images: Sequence[Image.Image | np.ndarray] | np.ndarray) -> float:
+        """Mean squared error per pixel channel (pixels in [0, 1]) of decode(encode(images))."""
+        target = torch.from_numpy(images_to_array(images, self.image_size))
+        return float(((self.decode(self.encode(images)) - target) ** 2).mean())
+
+    def save(self, directory: str | Path) -> None:
+        """Write ``image_tokenizer.safetensors`` + ``image_tokenizer.json`` into ``directory`` (atomically)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {"image_size": self.image_size, "patch_size": self.patch_size, "n_embeddings": self.n_embeddings,
+                "kind": "kmeans_patch_codebook"}
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+        os.close(fd)
+        save_file({"codebook": self.codebook}, tmp, metadata={k: str(v) for k, v in meta.items()})
+        os.replace(tmp, directory / IMAGE_TOKENIZER_WEIGHTS)
+        _write_json(directory / IMAGE_TOKENIZER_CONFIG, meta)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "PatchCodebook":
+        """Read a codebook written by :meth:`save`."""
+        directory = Path(directory)
+        weights, config = directory / IMAGE_TOKENIZER_WEIGHTS, directory / IMAGE_TOKENIZER_CONFIG
+        if not weights.exists() or not config.exists():
+            raise ValueError(f"{directory} has no {IMAGE_TOKENIZER_WEIGHTS}/{IMAGE_TOKENIZER_CONFIG}; "
+                             "train one with train_image_tokenizer(...).save(dir).")
+        meta = json.loads(config.read_text())
+        return cls(load_file(weights)["codebook"], int(meta["image_size"]), int(meta["patch_size"]))
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(payload, handle, indent=2)
+    os.replace(tmp, path)
+
+
+def train_image_tokenizer(
+    images: Sequence[Image.Image | np.ndarray] | np.ndarray,
+    n_embeddings: int = 512,
+    image_size: int = 32,
+    patch_size: int = 8,
+    iterations: int = 20,
+    seed: int = 0,
+) -> PatchCodebook:
+    """Fit a k-means patch codebook (k-means++ seeding on a subsample, then Lloyd iterations).
+
+    Empty clusters are re-seeded with the patches that are worst reconstructed, so every
+    code is used. Deterministic for a given ``seed`` and image list.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    book = PatchCodebook(torch.zeros(1, patch_size * patch_size * 3), image_size, patch_size)
+    x = book.patches(images).reshape(-1, patch_size * patch_size * 3)
+    if x.shape[0] < n_embeddings:
+        raise ValueError(f"k-means needs at least {n_embeddings} patches, got {x.shape[0]}; pass more images.")
+    sub = x[torch.randperm(x.shape[0], generator=generator)[: min(x.shape[0], 20 * n_embeddings)]]
+    centers = [sub[torch.randint(len(sub), (1,), generator=generator)].squeeze(0)]
+    dist = ((sub - centers[0]) ** 2).sum(1)
+    for _ in range(1, n_embeddings):
+        probs = dist / dist.sum() if float(dist.sum()) > 0 else torch.full_like(dist, 1 / len(dist))
+        nxt = sub[torch.multinomial(probs, 1, generator=generator)].squeeze(0)
+        centers.append(nxt)
+        dist = torch.minimum(dist, ((sub - nxt) ** 2).sum(1))
+    book.codebook = torch.stack(centers)
+    for _ in range(iterations):
+        assign = book.quantize(x)
+        sums = torch.zeros_like(book.codebook).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=n_embeddings).float()
+        empty = counts == 0
+        new = sums / counts.clamp(min=1)[:, None]
+        if bool(empty.any()):
+            err = ((x - book.codebook[assign]) ** 2).sum(1)
+            worst = err.topk(int(empty.sum())).indices
+            new[empty] = x[worst]
+        book.codebook = new
+    return book
+
+
+@lru_cache(maxsize=8)
+def _cached_codebook(directory: str, mtime: float) -> PatchCodebook:
+    return PatchCodebook.load(directory)
+
+
+def load_image_tokenizer(directory: str | Path) -> PatchCodebook:
+    """Load the codebook saved in a toy model directory (cached per file version)."""
+    path = Path(directory) / IMAGE_TOKENIZER_WEIGHTS
+    if not path.exists():
+        raise ValueError(f"{directory} has no {IMAGE_TOKENIZER_WEIGHTS}: it is not a toy native model directory.")
+    return _cached_codebook(str(Path(directory).resolve()), path.stat().st_mtime)
+
+
+def code_to_bpe_table(vocabulary_map: Mapping[str, int], n_embeddings: int) -> torch.Tensor:
+    """LongTensor[K]: BPE id of each VQ code, read from a Chameleon ``vocabulary_map``."""
+    try:
+        return torch.tensor([vocabulary_map[code_token_name(i)] for i in range(n_embeddings)], dtype=torch.long)
+    except KeyError as error:
+        raise ValueError(f"The vocabulary has no token {error.args[0]!r}: the model's vocabulary_map must contain "
+                         f"IMGIMG…Z names for all {n_embeddings} codes.") from error
+
+
+@lru_cache(maxsize=8)
+def _cached_vocab_table(config_path: str, mtime: float, n_embeddings: int) -> torch.Tensor:
+    config = json.loads(Path(config_path).read_text())
+    vocabulary_map = config.get("vocabulary_map") or config.get("text_config", {}).get("vocabulary_map")
+    if not vocabulary_map:
+        raise ValueError(f"{config_path} has no vocabulary_map; it is not a Chameleon checkpoint.")
+    return code_to_bpe_table(vocabulary_map, n_embeddings)
+
+
+def encode_image_tokens(
+    source: str | Path | tuple[PatchCodebook, Mapping[str, int]],
+    images: Sequence[Image.Image | np.ndarray] | np.ndarray,
+) -> torch.LongTensor:
+    """BPE ids [n, n_codes] of the image tokens of ``images`` for a toy Chameleon model.
+
+    ``source`` is a toy model directory (codebook from ``image_tokenizer.safetensors``,
+    mapping from ``config.json``'s ``vocabulary_map``) or a pair ``(codebook, vocabulary_map)``.
+    The ids go between ``<racm3:break>`` (SOI) and ``<eoss>`` (EOI).
+    """
+    if isinstance(source, tuple):
+        codebook, vocabulary_map = source
+        table = code_to_bpe_table(vocabulary_map, codebook.n_embeddings)
+    else:
+        codebook = load_image_tokenizer(source)
+        config_path = Path(source) / "config.json"
+        if not config_path.exists():
+            raise ValueError(f"{source} has no config.json; pass a toy Chameleon model directory.")
+        table = _cached_vocab_table(str(config_path.resolve()), config_path.stat().st_mtime, codebook.n_embeddings)
+    return table[codebook.encode(images)]

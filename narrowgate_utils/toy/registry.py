@@ -1,0 +1,88 @@
+"""Toy-model names → cache directories, training on demand, and the summary table.
+
+Cache: ``$NARROWGATE_CACHE`` or ``<repo>/.cache/narrowgate``; toy models live in
+``<cache>/toy/<name>/`` as ordinary Hugging Face checkpoint directories plus
+``narrowgate_toy.json`` (recipe, parameters, training curve, test metrics).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+#: metadata file written last into every toy model directory
+TOY_METADATA = "narrowgate_toy.json"
+#: bump when data, tokenizers or training change so cached models are rebuilt
+TOY_VERSION = 1
+TOY_MODEL_NAMES = ("toy-native", "toy-nonnative", "toy-gated", "toy-distributed")
+
+
+def cache_dir() -> Path:
+    """Root cache directory (``NARROWGATE_CACHE`` or ``<repo>/.cache/narrowgate``)."""
+    env = os.environ.get("NARROWGATE_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path(__file__).resolve().parents[2] / ".cache" / "narrowgate"
+
+
+def toy_root() -> Path:
+    return cache_dir() / "toy"
+
+
+def check_toy_name(name: str) -> str:
+    if name not in TOY_MODEL_NAMES:
+        raise ValueError(f"Unknown toy model {name!r}; known toy models: {', '.join(TOY_MODEL_NAMES)}.")
+    return name
+
+
+def toy_model_dir(name: str) -> Path:
+    """Directory of toy model ``name`` (it may not exist yet; see :func:`ensure_toy_model`)."""
+    return toy_root() / check_toy_name(name)
+
+
+def read_toy_metadata(name: str) -> dict | None:
+    """The model's ``narrowgate_toy.json``, or None when it is missing or from another TOY_VERSION."""
+    path = toy_model_dir(name) / TOY_METADATA
+    if not path.exists():
+        return None
+    meta = json.loads(path.read_text())
+    return meta if meta.get("version") == TOY_VERSION else None
+
+
+def is_trained(name: str) -> bool:
+    return read_toy_metadata(name) is not None
+
+
+def ensure_toy_model(name: str, device: str | None = None) -> Path:
+    """Directory of toy model ``name``, training it first if it is missing or stale."""
+    if not is_trained(name):
+        from .train import train_toy_model
+
+        train_toy_model(name, device=device)
+    return toy_model_dir(name)
+
+
+def toy_report(names: tuple[str, ...] = TOY_MODEL_NAMES) -> pd.DataFrame:
+    """One row per trained toy model: architecture, parameters, training time and test metrics."""
+    rows = []
+    for name in names:
+        meta = read_toy_metadata(name)
+        if meta is None:
+            continue
+        test = meta.get("test_metrics", {})
+        rows.append({
+            "model": name,
+            "architecture": meta["architecture"],
+            "parameters": meta["parameters"]["total"],
+            "lm_parameters": meta["parameters"]["language_model"],
+            "train_steps": meta["recipe"]["steps"],
+            "train_seconds": round(meta["train_seconds"], 1),
+            "final_loss": meta["curve"][-1][1] if meta.get("curve") else float("nan"),
+            "classification_acc": test.get("classification_accuracy"),
+            "vqa_acc": test.get("vqa_accuracy"),
+            "cider": test.get("cider"),
+            "n_test_images": test.get("n_images"),
+        })
+    return pd.DataFrame(rows)
