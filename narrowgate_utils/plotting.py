@@ -124,3 +124,28 @@ def plot_steering(steering: pd.DataFrame) -> plt.Figure:
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def plot_image_grid(images: list, titles: list[str], columns: int = 6) -> plt.Figure:
+    """A grid of small images with one title each (the toy world's samples)."""
+    rows = -(-len(images) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.8 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, title in zip(axes.flat, images, titles):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title(title, fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_training_curves(curves: pd.DataFrame) -> plt.Figure:
+    """Loss vs step for every model and training stage (log scale)."""
+    _require(curves, ("model", "stage", "step", "loss"), "plot_training_curves")
+    fig, axes = _panels(1, width=6.0)
+    for color, ((model, stage), part) in zip(PALETTE * 2, curves.groupby(["model", "stage"], sort=False)):
+        axes[0].plot(part["step"], part["loss"], color=color, ls="-" if stage == "main" else ":", label=f"{model} ({stage})")
+    axes[0].set(xlabel="step", ylabel="training loss (cross-entropy)", yscale="log", title="Toy-model training")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig

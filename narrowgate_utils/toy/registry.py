@@ -86,3 +86,22 @@ def toy_report(names: tuple[str, ...] = TOY_MODEL_NAMES) -> pd.DataFrame:
             "n_test_images": test.get("n_images"),
         })
     return pd.DataFrame(rows)
+
+
+def toy_training_curves(names: tuple[str, ...] = TOY_MODEL_NAMES) -> pd.DataFrame:
+    """Loss curves of the trained toy models: (model, stage, step, loss), stage = 'main' or 'text_pretraining'."""
+    frames = []
+    for name in names:
+        meta = read_toy_metadata(name)
+        for stage, curve in (meta or {}).get("curves", {}).items():
+            columns = meta["curve_columns"] if len(curve[0]) == len(meta["curve_columns"]) else ["step", "loss"]
+            frames.append(pd.DataFrame(curve, columns=columns)[["step", "loss"]].assign(model=name, stage=stage))
+    if not frames:
+        raise ValueError("No trained toy model found: run `narrowgate toy train` first.")
+    return pd.concat(frames, ignore_index=True)[["model", "stage", "step", "loss"]]
+
+
+def toy_components() -> dict[str, dict]:
+    """Metrics of the shared components (image codebook, vision tower), keyed by component folder."""
+    root = toy_root() / "_components"
+    return {path.parent.name: json.loads(path.read_text()) for path in sorted(root.glob("*/metrics.json"))}
