@@ -5,6 +5,7 @@
 #   make book-smoke    same, with small smoke parameters (SMOKE_PARAMS, default -p n_samples 40);
 #                      like make book it rewrites the notebooks in place, here with smoke outputs
 #   make html          only the jupyter-book build of the already executed notebooks
+#   make bench         timing/memory benchmarks → benchmarks/results.md (BENCH_ARGS=--quick: smaller)
 #   make clean         remove _build/ ;  make distclean  also removes .venv and bundled MathJax
 #
 # Variables: NB_PARAMS="-p model_id ... -p device cuda" (extra papermill parameters for every
@@ -87,3 +88,11 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV) book/_static/mathjax .pytest_cache
+
+# Benchmarks (benchmarks/README.md): each script rewrites its own section of benchmarks/results.md.
+BENCH_ARGS ?=
+BENCH_SCRIPTS := extraction memory cache book gpu
+
+.PHONY: bench
+bench: $(VENV_STAMP)
+	for name in $(BENCH_SCRIPTS); do $(VENV_BIN)/python benchmarks/$$name.py $(BENCH_ARGS); done
