@@ -71,7 +71,7 @@ def test_toc_entries_all_exist():
     missing = [e for e in entries if resolve_entry(REPO, e) is None]
     assert not missing, f"_toc.yml lists files that do not exist: {missing}"
     assert len(entries) == len(set(entries)), "_toc.yml lists a file twice"
-    assert entries[0] == "book/intro" and entries[-1] == "book/reproduction_status"
+    assert entries[0] == "book/intro" and entries[-1] == "notebooks/09_reproduction_status"
 
 
 def test_every_notebook_is_in_toc():
