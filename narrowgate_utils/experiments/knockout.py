@@ -29,7 +29,7 @@ ABLATIONS = {
     "eoi": "the [EOI] token",
     "img_to_text": "every image-span token except [EOI]",
     "last_image": "the last image token",
-    "random": "10 random image tokens (repeated with different draws)",
+    "random": "n_random random image tokens (paper: 10), repeated with different draws",
 }
 
 
@@ -49,8 +49,8 @@ def ablation_sources(batch: Batch, ablation: str, rng: np.random.Generator, n_ra
 
 
 def _knockout(adapter: Adapter, batch: Batch, ablation: str, layers: Sequence[int], rng: np.random.Generator,
-              mode: str):
-    sources = ablation_sources(batch, ablation, rng)
+              mode: str, n_random: int = 10):
+    sources = ablation_sources(batch, ablation, rng, n_random)
     if sources is None:
         return nullcontext()
     return knockout_attention(adapter, batch, sources, "text", layers, mode)
@@ -58,24 +58,25 @@ def _knockout(adapter: Adapter, batch: Batch, ablation: str, layers: Sequence[in
 
 def generate_under_knockout(adapter: Adapter, images: Sequence, prompts: Sequence[str], ablation: str,
                             layers: Sequence[int], rng: np.random.Generator, max_new_tokens: int,
-                            batch_size: int, mode: str = "post_softmax", desc: str = "") -> list[str]:
+                            batch_size: int, mode: str = "post_softmax", desc: str = "", n_random: int = 10) -> list[str]:
     """Greedy completions of image-first prompts with the ablation active at every generation step."""
     outputs: list[str] = []
     for chunk in batched(list(zip(images, prompts)), batch_size, desc=desc):
         batch = adapter.build_batch([image for image, _ in chunk], [prompt for _, prompt in chunk])
-        with _knockout(adapter, batch, ablation, layers, rng, mode):
+        with _knockout(adapter, batch, ablation, layers, rng, mode, n_random):
             outputs.extend(adapter.generate(batch, max_new_tokens=max_new_tokens))
     return outputs
 
 
 def last_token_vectors(adapter: Adapter, samples: Sequence[Sample], prompt: str, ablation: str, layers: Sequence[int],
-                       rng: np.random.Generator, batch_size: int, mode: str = "post_softmax") -> np.ndarray:
+                       rng: np.random.Generator, batch_size: int, mode: str = "post_softmax",
+                       n_random: int = 10) -> np.ndarray:
     """Last-layer residual at the last token of the class prompt under the ablation, [n, d]."""
     parts = []
     last = adapter.num_layers - 1
     for chunk in batched(samples, batch_size):
         batch = adapter.build_batch([s.image for s in chunk], [prompt] * len(chunk))
-        with _knockout(adapter, batch, ablation, layers, rng, mode):
+        with _knockout(adapter, batch, ablation, layers, rng, mode, n_random):
             parts.append(collect_residual(adapter, batch, "text_last", layers=[last])[0, :, 0])
     return np.concatenate([p.numpy() for p in parts])
 
@@ -83,8 +84,8 @@ def last_token_vectors(adapter: Adapter, samples: Sequence[Sample], prompt: str,
 def evaluate_tasks(adapter: Adapter, samples: Sequence[Sample], tasks: Sequence[str], ablation: str,
                    layers: Sequence[int], class_prompt: str, class_names: Sequence[str], seed: int = 0,
                    k: int = 30, batch_size: int = 16, max_new_tokens: dict[str, int] | None = None,
-                   mode: str = "post_softmax") -> dict[str, float]:
-    """Scores of one ablation on every task. Image i is asked its question number i mod (its
+                   mode: str = "post_softmax", n_random: int = 10) -> dict[str, float]:
+    """Scores of one ablation on every task (``n_random``: image tokens blocked by "random"). Image i is asked its question number i mod (its
     number of questions), so all question types are covered with one question per image."""
     budget = {"vqa": 20, "caption": 60, "classification": 10, **(max_new_tokens or {})}
     rng = np.random.default_rng(seed)
@@ -94,17 +95,17 @@ def evaluate_tasks(adapter: Adapter, samples: Sequence[Sample], tasks: Sequence[
     if "vqa" in tasks:
         items = [s.vqa[i % len(s.vqa)] for i, s in enumerate(samples)]
         answers = generate_under_knockout(adapter, images, [VQA_PROMPT.format(question=i.question) for i in items],
-                                          ablation, layers, rng, budget["vqa"], batch_size, mode, desc + " · vqa")
+                                          ablation, layers, rng, budget["vqa"], batch_size, mode, desc + " · vqa", n_random)
         scores["vqa_accuracy"] = float(vqa_accuracy_batch(answers, [i.answers for i in items]).mean())
     if "caption" in tasks:
         captions = generate_under_knockout(adapter, images, [CAPTION_PROMPT] * len(samples), ablation, layers, rng,
-                                           budget["caption"], batch_size, mode, desc + " · caption")
+                                           budget["caption"], batch_size, mode, desc + " · caption", n_random)
         scores["cider"] = cider(captions, [list(s.captions) for s in samples])
     if "classification" in tasks:
         completions = generate_under_knockout(adapter, images, [class_prompt] * len(samples), ablation, layers, rng,
-                                              budget["classification"], batch_size, mode, desc + " · class")
+                                              budget["classification"], batch_size, mode, desc + " · class", n_random)
         scores["class_accuracy"] = classification_accuracy(completions, [s.class_name for s in samples], class_names)
-        vectors = last_token_vectors(adapter, samples, class_prompt, ablation, layers, rng, batch_size, mode)
+        vectors = last_token_vectors(adapter, samples, class_prompt, ablation, layers, rng, batch_size, mode, n_random)
         scores["chi_out"] = neighborhood_overlap(vectors, [s.label for s in samples], k=k)
     return scores
 
