@@ -76,7 +76,8 @@ def test_toc_entries_all_exist():
 
 def test_every_notebook_is_in_toc():
     listed = {e.removesuffix(".ipynb") for e in _read_toc()}
-    notebooks = sorted(p.relative_to(REPO).with_suffix("").as_posix() for p in (REPO / "notebooks").glob("*.ipynb"))
+    notebooks = sorted(p.relative_to(REPO).with_suffix("").as_posix() for p in (REPO / "notebooks").glob("*.ipynb")
+                       if not p.name.startswith("."))
     unlisted = [nb for nb in notebooks if nb not in listed]
     assert not unlisted, f"add these notebooks to _toc.yml (one '- file:' line each): {unlisted}"
 

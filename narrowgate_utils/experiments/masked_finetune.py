@@ -36,11 +36,11 @@ def variants(adapter: Adapter, runs: dict[str, Path]) -> dict[str, Adapter]:
 
 
 def training_curves(runs: dict[str, Path]) -> pd.DataFrame:
-    """(variant, step, loss) of both runs from their training logs."""
+    """(variant, step, loss, lr) of both runs from their training logs."""
     frames = []
     for name, path in runs.items():
         log = read_training_log(path) or {}
-        curve = pd.DataFrame(log.get("curve", []), columns=["step", "loss"])
+        curve = pd.DataFrame(log.get("curve", []), columns=["step", "loss", "lr"])
         frames.append(curve.assign(variant=name))
     return pd.concat(frames, ignore_index=True)
 
