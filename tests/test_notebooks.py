@@ -76,6 +76,7 @@ def test_neighborhood_overlap_notebook_localises_the_class(toy_models, tmp_path)
 
 def test_knockout_notebook_separates_gated_from_distributed(toy_models, tmp_path):
     results = run_notebook("04_knockout", tmp_path, n_samples=60, ablations=["none", "eoi", "img_to_text"], k=10,
+                           ablate_attended=False,
                            max_new_tokens_vqa=4, max_new_tokens_caption=16, max_new_tokens_class=4)
     table = pd.read_csv(results / "knockout_table.csv").set_index(["model", "ablation"])
     for metric in ("vqa_accuracy", "class_accuracy"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -147,3 +148,19 @@ def progressive_knockout(adapter: Adapter, samples: Sequence[Sample], class_prom
                 chi = neighborhood_overlap(vectors, labels, k=k)
             rows.append({"ablation": ablation, "window": window, "chi": chi})
     return pd.DataFrame(rows)
+
+
+def high_attention_ablations(shares_csv: str | Path, model: str, threshold: float = 0.1) -> list[str]:
+    """Named positions of the image tokens that the attention chapter (notebook 02) found strongly
+    attended by text for ``model`` (mean share over layers above ``threshold``), e.g. ``image_index:32``.
+
+    [EOI] and the last image token are left out: they have ablations of their own.
+    """
+    path = Path(shares_csv)
+    if not path.exists():
+        raise ValueError(f"{path} does not exist: run notebooks/02_cross_modal_attention.ipynb first "
+                         "(or set ablate_attended=False).")
+    shares = pd.read_csv(path)
+    mean = shares[shares["model"] == model].groupby("token")["share"].mean()
+    return [f"image_index:{token.split()[1]}" for token, share in mean.items()
+            if share > threshold and token.startswith("image ") and token.split()[1].isdigit()]
