@@ -16,6 +16,11 @@ from .atomic import atomic_path
 PALETTE = ("#1f77b4", "#d62728", "#e6a000", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 
 
+def _colors(n: int) -> list:
+    """``n`` distinct colours: the paper-style palette, or tab20 when more series are needed."""
+    return list(PALETTE[:n]) if n <= len(PALETTE) else [plt.cm.tab20(i % 20) for i in range(n)]
+
+
 def _require(frame: pd.DataFrame, columns: tuple[str, ...], what: str) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
@@ -42,7 +47,7 @@ def plot_modality_gap(gap: pd.DataFrame, homogeneity: pd.DataFrame | None = None
     ADP cluster homogeneity w.r.t. modality (right)."""
     _require(gap, ("model", "layer", "q1", "median", "q3"), "plot_modality_gap")
     fig, axes = _panels(2 if homogeneity is not None else 1)
-    for color, (model, part) in zip(PALETTE, gap.groupby("model", sort=False)):
+    for color, (model, part) in zip(_colors(gap["model"].nunique()), gap.groupby("model", sort=False)):
         depth = part["layer"] / max(part["layer"].max(), 1)
         axes[0].plot(depth, part["median"], color=color, label=model, marker="o", ms=3)
         axes[0].fill_between(depth, part["q1"], part["q3"], color=color, alpha=0.2)
@@ -50,7 +55,7 @@ def plot_modality_gap(gap: pd.DataFrame, homogeneity: pd.DataFrame | None = None
     axes[0].legend(fontsize=8)
     if homogeneity is not None:
         _require(homogeneity, ("model", "layer", "homogeneity"), "plot_modality_gap (homogeneity)")
-        for color, (model, part) in zip(PALETTE, homogeneity.groupby("model", sort=False)):
+        for color, (model, part) in zip(_colors(homogeneity["model"].nunique()), homogeneity.groupby("model", sort=False)):
             depth = part["layer"] / max(part["layer"].max(), 1)
             axes[1].plot(depth, part["homogeneity"], color=color, label=model, marker="o", ms=3)
         axes[1].set(xlabel="relative depth", ylabel="cluster homogeneity (modality)", ylim=(-0.05, 1.05),
@@ -67,7 +72,7 @@ def plot_attention_shares(shares: pd.DataFrame) -> plt.Figure:
     for ax, model in zip(axes, models):
         table = shares[shares["model"] == model].pivot_table(index="layer", columns="token", values="share", aggfunc="sum")
         table = table[table.mean().sort_values(ascending=False).index]
-        ax.stackplot(table.index, table.T.values, labels=table.columns, colors=PALETTE[: len(table.columns)] * 3, alpha=0.85)
+        ax.stackplot(table.index, table.T.values, labels=table.columns, colors=_colors(len(table.columns)), alpha=0.85)
         ax.set(xlabel="layer", ylabel="share of text→image attention", ylim=(0, 1), title=model)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -82,7 +87,7 @@ def plot_overlap(overlap: pd.DataFrame) -> plt.Figure:
     fig, axes = _panels(len(models))
     for ax, model in zip(axes, models):
         part = overlap[overlap["model"] == model]
-        for color, (token, rows) in zip(PALETTE, part.groupby("token", sort=False)):
+        for color, (token, rows) in zip(_colors(part["token"].nunique()), part.groupby("token", sort=False)):
             ax.plot(rows["layer"], rows["chi"], color=color, marker="o", ms=3, label=token)
         ax.set(xlabel="layer", ylabel=r"$\chi^{l,gt}$ (class)", ylim=(-0.02, 1.02), title=model)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -116,7 +121,8 @@ def plot_steering(steering: pd.DataFrame) -> plt.Figure:
     fig, axes = _panels(len(sites))
     for ax, site in zip(axes, sites):
         part = steering[steering["site"] == site]
-        for color, ((model, position), rows) in zip(PALETTE, part.groupby(["model", "position"], sort=False)):
+        groups = part.groupby(["model", "position"], sort=False)
+        for color, ((model, position), rows) in zip(_colors(groups.ngroups), groups):
             ax.plot(rows["relative_depth"], rows["similarity"], color=color, marker="o", ms=3, label=f"{model} · {position}")
             ax.axhline(rows["baseline"].mean(), color=color, ls="--", lw=0.8)
         ax.set(xlabel="relative depth of patched layer", ylabel=r"$\sum_i \min(q_i, p_i)$", ylim=(-0.02, 1.02),
@@ -143,7 +149,8 @@ def plot_training_curves(curves: pd.DataFrame) -> plt.Figure:
     """Loss vs step for every model and training stage (log scale)."""
     _require(curves, ("model", "stage", "step", "loss"), "plot_training_curves")
     fig, axes = _panels(1, width=6.0)
-    for color, ((model, stage), part) in zip(PALETTE * 2, curves.groupby(["model", "stage"], sort=False)):
+    groups = curves.groupby(["model", "stage"], sort=False)
+    for color, ((model, stage), part) in zip(_colors(groups.ngroups), groups):
         axes[0].plot(part["step"], part["loss"], color=color, ls="-" if stage == "main" else ":", label=f"{model} ({stage})")
     axes[0].set(xlabel="step", ylabel="training loss (cross-entropy)", yscale="log", title="Toy-model training")
     axes[0].legend(fontsize=7)
