@@ -219,7 +219,7 @@ def patch_activation(adapter: Adapter, base_batch: Batch, source_batch: Batch, p
     envoys = [envoy_of(adapter, adapter.attention(l) if site == "attn_in" else adapter.layers[l]) for l in selected]
     root = traced(adapter)
     logits: list[torch.Tensor] = []
-    with root.trace(**inputs):
+    with root.trace(**inputs, use_cache=False):
         for k, envoy in enumerate(envoys):
             hidden = first_hidden_input(envoy.inputs) if site == "attn_in" else hidden_of(envoy.output)
             hidden[rows, index] = source_values[k].to(device=hidden.device, dtype=hidden.dtype)

@@ -139,7 +139,7 @@ def collect_residual(adapter: Adapter, batch: Batch, positions: PositionSpec, la
     envoys = [envoy_of(adapter, adapter.attention(l) if site == "attn_in" else adapter.layers[l]) for l in selected]
     first_layer = envoy_of(adapter, adapter.layers[0])
     collected: list[torch.Tensor] = []
-    with traced(adapter).trace(**inputs) as tracer:
+    with traced(adapter).trace(**inputs, use_cache=False) as tracer:  # no KV cache: one forward, nothing kept alive
         if include_embeddings:
             collected.append(_gather(first_hidden_input(first_layer.inputs), index))
         for envoy in envoys:
@@ -169,7 +169,7 @@ def collect_attention(adapter: Adapter, batch: Batch, layers: Sequence[int] | No
     inputs = model_inputs(adapter, batch)
     envoys = [envoy_of(adapter, adapter.attention(l)) for l in selected]
     collected: list[torch.Tensor] = []
-    with traced(adapter).trace(**inputs) as tracer:
+    with traced(adapter).trace(**inputs, use_cache=False) as tracer:  # no KV cache: one forward, nothing kept alive
         for layer, envoy in zip(selected, envoys):
             collected.append(_attention_weights(envoy.output, layer).detach().to(torch.float32).cpu())
         tracer.stop()
@@ -202,7 +202,7 @@ def cross_modal_attention_profile(adapter: Adapter, batch: Batch, layers: Sequen
     query_index = [torch.tensor(q, dtype=torch.long, device=device) for q in queries]
     envoys = [envoy_of(adapter, adapter.attention(l)) for l in selected]
     profiles: list[torch.Tensor] = []
-    with traced(adapter).trace(**inputs) as tracer:
+    with traced(adapter).trace(**inputs, use_cache=False) as tracer:  # no KV cache: one forward, nothing kept alive
         for layer, envoy in zip(selected, envoys):
             weights = _attention_weights(envoy.output, layer)
             rows = [weights[row][:, query_index[row]][:, :, span_index[row]].to(torch.float64).mean(dim=(0, 1))

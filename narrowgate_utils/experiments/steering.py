@@ -40,7 +40,7 @@ def paired_samples(samples: Sequence[Sample], pairs: Sequence[tuple[str, str]],
 
 @torch.no_grad()
 def _last_logits(adapter: Adapter, batch) -> torch.Tensor:
-    return adapter.model(**model_inputs(adapter, batch)).logits[:, -1].float().cpu()
+    return adapter.model(**model_inputs(adapter, batch), use_cache=False).logits[:, -1].float().cpu()
 
 
 def steering_profile(adapter: Adapter, couples: Sequence[tuple[Sample, Sample]], prompt: str, position: str,
