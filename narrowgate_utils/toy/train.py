@@ -70,7 +70,7 @@ class ToyRecipe:
     #: from this fraction of ``steps`` on, forbidden keys are also masked (pre-softmax) in training;
     #: before it the model learns to read the image freely (the EOI route alone is not found from scratch)
     mask_start: float = 0.25
-    #: text-only LM steps before multimodal training (non-native family)
+    #: text-only LM steps before multimodal training (non-native family; native family too when > 0)
     pretrain_steps: int = 0
     #: sampling weights of the training tasks
     tasks: tuple[tuple[str, float], ...] = (("vqa", 0.4), ("yesno", 0.25), ("class", 0.1), ("caption", 0.1),
@@ -85,6 +85,9 @@ class ToyRecipe:
     vision_steps: int = 250
     seed: int = 0
     checkpoint_every: int = 100
+    #: training objective: None = the family's own (native: loss on every token; non-native: on the
+    #: answer); False = native family with loss on text tokens only (no image-code loss, no "t2i")
+    image_loss: bool | None = None
 
     def __post_init__(self) -> None:
         if self.family not in ("chameleon", "llava"):
@@ -96,12 +99,21 @@ class ToyRecipe:
         if unknown:
             raise ValueError(f"ToyRecipe {self.name}: tasks {sorted(unknown)} are not available for the {self.family} "
                              f"family; use {sorted(known)}.")
+        if self.image_loss is not None and (self.family != "chameleon" or self.image_loss):
+            raise ValueError(f"ToyRecipe {self.name}: image_loss must be None (the family's objective) or False "
+                             "(chameleon only: text-only loss); a continuous encoder has no image tokens to predict.")
+        if self.image_loss is False and any(task == "t2i" for task, _ in self.tasks):
+            raise ValueError(f"ToyRecipe {self.name}: image_loss=False trains on text only; drop the 't2i' task.")
 
     def fingerprint(self) -> str:
-        payload = json.dumps({"version": TOY_VERSION, **asdict(self)}, sort_keys=True, default=str)
+        # fields added after TOY_VERSION 1 enter the hash only when set, so older fingerprints stay valid
+        fields = {k: v for k, v in asdict(self).items() if not (k in _ADDED_FIELD_DEFAULTS and v == _ADDED_FIELD_DEFAULTS[k])}
+        payload = json.dumps({"version": TOY_VERSION, **fields}, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+#: fields added to ToyRecipe after its first release, with their defaults (see ``fingerprint``)
+_ADDED_FIELD_DEFAULTS = {"image_loss": None}
 _IMAGE_TO_TEXT = (("vqa", 0.45), ("yesno", 0.25), ("class", 0.15), ("caption", 0.15))
 TOY_RECIPES: dict[str, ToyRecipe] = {
     "toy-native": ToyRecipe("toy-native", "chameleon"),
@@ -273,6 +285,9 @@ def chameleon_batch(recipe: ToyRecipe, data: ToyTextData, codes: torch.Tensor, v
     attention_mask = (input_ids != pad).long()
     loss_mask = attention_mask.clone()
     loss_mask[:, 0] = 0
+    if recipe.image_loss is False:  # text-only objective: no loss on [SOI], the codes or [EOI]
+        for r, (soi_pos, _) in enumerate(spans):
+            loss_mask[r, soi_pos:soi_pos + codes.shape[1] + 2] = 0
     forbidden = query_rows = None
     if recipe.plant is not None:
         b, t = input_ids.shape
@@ -311,6 +326,17 @@ def llava_batch(recipe: ToyRecipe, data: ToyTextData, vocab: dict[str, int], n_i
         masks.append([0] * (1 + len(image) + len(prompt)) + [1] * (len(target) + 1))
     input_ids = _pad(rows, pad)
     return TokenBatch(input_ids, (input_ids != pad).long(), _pad(masks, 0), None, None, torch.as_tensor(idx))
+
+
+def text_batch(recipe: ToyRecipe, data: ToyTextData, vocab: dict[str, int], step: int) -> TokenBatch:
+    """Text-only LM batch for a native-family backbone (the sequences of ``llava_batch(text_only=True)``)."""
+    idx, _, picks = _draw_tasks(recipe, step, len(data.samples), text_only=True)
+    rows = [[vocab[BOS]] + (data.class_prompt + data.class_target[i] if pick % 4 == 0 else data.captions[i][pick % 5])
+            + [vocab[EOS]] for i, pick in zip(idx, picks)]
+    input_ids = _pad(rows, vocab[PAD])
+    loss_mask = (input_ids != vocab[PAD]).long()
+    loss_mask[:, 0] = 0
+    return TokenBatch(input_ids, (input_ids != vocab[PAD]).long(), loss_mask, None, None, torch.as_tensor(idx))
 
 
 def next_token_loss(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
@@ -647,9 +673,23 @@ def train_toy_model(name: str, device: str | None = None, recipe: ToyRecipe | No
             return loss, logs
 
         params = [p for p in model.parameters() if p.requires_grad]
+        curves, pre_seconds = {}, 0.0
+        if recipe.pretrain_steps > 0:  # text-pretrained backbone: captions and class statements only
+
+            def text_loss(step: int):
+                batch = text_batch(recipe, data, vocab, step)
+                hidden = model.model(input_ids=batch.input_ids.to(device),
+                                     attention_mask=batch.attention_mask.to(device)).last_hidden_state
+                return next_token_loss(model.lm_head(hidden), batch.input_ids.to(device),
+                                       batch.loss_mask.to(device)), []
+
+            curves["text_pretraining"], pre_seconds = _run_phase(
+                model, params, recipe.pretrain_steps, text_loss, recipe, work / "state-text.pt", "text", device,
+                f"{recipe.name} (text)")
         curve, seconds = _run_phase(model, params, recipe.steps, make_loss, recipe, work / "state.pt", "main",
                                     device, recipe.name)
-        curves = {"main": curve}
+        seconds += pre_seconds
+        curves["main"] = curve
     else:
         tower, tower_metrics = get_vision_encoder(recipe, train, device)
         tokenizer = toy_tokenizer("llava")
