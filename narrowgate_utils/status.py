@@ -88,6 +88,18 @@ ROWS: tuple[StatusRow, ...] = (
         'Not in the version of the paper used here (arXiv v1); a later version reports that after fine-tuning Chameleon-7B and Emu3 with [EOI] hidden, ablating [EOI] no longer collapses performance. Setup there: one epoch of LoRA (rank 128, alpha 256) on 15k samples, half LLaVA-Instruct-150K and half VQAv2 train',
         '`papermill notebooks/06_masked_finetuning.ipynb out.ipynb -p model_id facebook/chameleon-7b -p dataset vqav2 -p data_dir /data/vqav2 -p device cuda`',
     ),
+    StatusRow(
+        "open_q2",
+        "**Beyond the paper — open question 2**: which training factor makes a narrow gate (chapter 07)",
+        "Open in the paper: multimodal output objective, training from scratch and a low-level VQ tokenizer are confounded in every native model studied (paper, Sec. 5)",
+        "toy world only (`notebooks/07_what_makes_a_gate.ipynb`)",
+    ),
+    StatusRow(
+        "open_q1",
+        "**Beyond the paper — open question 1**: a text→image bottleneck token (chapter 08)",
+        "Not evaluated in the paper (paper, Limitations)",
+        "toy world only (`notebooks/08_text_to_image.ipynb`)",
+    ),
 )
 
 
@@ -163,6 +175,23 @@ def _finetune(results: Path) -> str | None:
         f"{model} {variant}: {row['eoi']:.2f} (baseline {row['none']:.2f})" for (model, variant), row in wide.iterrows())
 
 
+def _gate_factors(results: Path) -> str | None:
+    summary = _read(results, "07_what_makes_a_gate", "gate_factors_summary.csv")
+    if summary is None:
+        return None
+    return "gate score (mean over seeds) — " + "; ".join(
+        f"{r.variant}: {r.gate_score_mean:.2f}" for r in summary.itertuples())
+
+
+def _text_to_image(results: Path) -> str | None:
+    effects = _read(results, "08_text_to_image", "bottleneck_effects.csv")
+    if effects is None:
+        return None
+    part = effects[effects["mode"] == "pre_softmax"]
+    return "share of the caption's effect lost by blocking the candidate — " + "; ".join(
+        f"{r.candidate}: {r.necessity:.0%}" for r in part.itertuples())
+
+
 TOY_VALUES: dict[str, Callable[[Path], str | None]] = {
     "fig2_left": _gap,
     "fig2_right": _homogeneity,
@@ -175,6 +204,8 @@ TOY_VALUES: dict[str, Callable[[Path], str | None]] = {
     "fig6": lambda results: _steering(results, "peak_similarity", "peak similarity"),
     "figA2": lambda results: _steering(results, "peak_switch_rate", "peak switch rate"),
     "finetune": _finetune,
+    "open_q2": _gate_factors,
+    "open_q1": _text_to_image,
 }
 
 
