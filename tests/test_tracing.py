@@ -1,38 +1,19 @@
 """nnsight extraction equals what HF reports (hidden states, attentions), for every tiny family."""
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 import pytest
 import torch
+from tiny_models import TEXTS, images, tiny
 
-from narrowgate_utils.tiny import TINY_FAMILIES, build_tiny
-from narrowgate_utils.tracing import (collect_attention, collect_residual, cross_modal_attention_profile, iter_batches,
-                                      resolve_positions)
-
-torch.set_num_threads(1)
-REQUIRED_FAMILIES = ("chameleon", "llava")
-TEXTS = ["this animal is a", "what colour is the shape ?"]
-_ADAPTERS: dict = {}
-
-
-def tiny(family: str):
-    """Build (once) the tiny model of ``family``; families still being written are skipped."""
-    if family not in _ADAPTERS:
-        try:
-            _ADAPTERS[family] = build_tiny(family)
-        except Exception as error:  # a family module added concurrently may not build yet
-            if family in REQUIRED_FAMILIES:
-                raise
-            pytest.skip(f"tiny {family} does not build: {error}")
-    return _ADAPTERS[family]
-
-
-def images(family: str, n: int, seed: int = 0) -> list[np.ndarray]:
-    size = getattr(importlib.import_module(f"narrowgate_utils.tiny.{family}"), "IMAGE_SIZE", 32)
-    rng = np.random.default_rng(seed)
-    return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n)]
+from narrowgate_utils.tiny import TINY_FAMILIES
+from narrowgate_utils.tracing import (
+    collect_attention,
+    collect_residual,
+    cross_modal_attention_profile,
+    iter_batches,
+    resolve_positions,
+)
 
 
 def padded_batch(family: str):
