@@ -99,9 +99,14 @@ class Adapter(ABC):
         return [self.check_layer(int(layer)) for layer in layers]
 
     # -------------------------------------------------------------- prompts
-    @abstractmethod
+    @property
+    def image_prompt(self) -> str:
+        """What stands for the image in a prompt string (the processor expands it)."""
+        return "<image>"
+
     def format_prompt(self, text: str, order: str = "image_first") -> str:
-        """Prompt string with the family's image placeholder before or after ``text``."""
+        """Prompt string with the image (:attr:`image_prompt`) before or after ``text``."""
+        return f"{self.image_prompt}{text}" if order == "image_first" else f"{text}{self.image_prompt}"
 
     @abstractmethod
     def encode(self, images: Sequence[ImageLike], prompts: Sequence[str]) -> dict[str, torch.Tensor]:

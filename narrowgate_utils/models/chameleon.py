@@ -50,9 +50,6 @@ class ChameleonAdapter(Adapter):
     def has_image_pipeline(self) -> bool:
         return self.uses_toy_image_tokenizer or super().has_image_pipeline()
 
-    def format_prompt(self, text: str, order: str = "image_first") -> str:
-        return f"{IMAGE_PLACEHOLDER}{text}" if order == "image_first" else f"{text}{IMAGE_PLACEHOLDER}"
-
     def encode(self, images: Sequence[ImageLike], prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         if any(prompt.count(IMAGE_PLACEHOLDER) != 1 for prompt in prompts):
             raise ValueError(f"Every Chameleon prompt needs exactly one '{IMAGE_PLACEHOLDER}' placeholder.")

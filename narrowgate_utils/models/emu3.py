@@ -51,9 +51,6 @@ class Emu3Adapter(Adapter):
     def layers(self) -> Sequence[torch.nn.Module]:
         return self.model.model.text_model.layers
 
-    def format_prompt(self, text: str, order: str = "image_first") -> str:
-        return f"{IMAGE_PLACEHOLDER}{text}" if order == "image_first" else f"{text}{IMAGE_PLACEHOLDER}"
-
     def encode(self, images: Sequence[ImageLike], prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         if any(prompt.count(IMAGE_PLACEHOLDER) != 1 for prompt in prompts):
             raise ValueError(f"Every Emu3 prompt needs exactly one '{IMAGE_PLACEHOLDER}' placeholder.")

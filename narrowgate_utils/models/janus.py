@@ -42,8 +42,9 @@ class JanusAdapter(Adapter):
     def image_placeholder(self) -> str:
         return getattr(self.tokenizer, "image_token", None) or IMAGE_PLACEHOLDER
 
-    def format_prompt(self, text: str, order: str = "image_first") -> str:
-        return f"{self.image_placeholder}{text}" if order == "image_first" else f"{text}{self.image_placeholder}"
+    @property
+    def image_prompt(self) -> str:
+        return self.image_placeholder
 
     def encode(self, images: Sequence[ImageLike], prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         if any(prompt.count(self.image_placeholder) != 1 for prompt in prompts):

@@ -58,9 +58,9 @@ class LlavaAdapter(Adapter):
         vocab = self.tokenizer.get_vocab()
         return vocab.get(EXPLICIT_EOI)
 
-    def format_prompt(self, text: str, order: str = "image_first") -> str:
-        image = IMAGE_PLACEHOLDER + (EXPLICIT_EOI if self.explicit_eoi_id is not None else "")
-        return f"{image}{text}" if order == "image_first" else f"{text}{image}"
+    @property
+    def image_prompt(self) -> str:
+        return IMAGE_PLACEHOLDER + (EXPLICIT_EOI if self.explicit_eoi_id is not None else "")
 
     def encode(self, images: Sequence[ImageLike], prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         if any(prompt.count(IMAGE_PLACEHOLDER) != 1 for prompt in prompts):

@@ -61,8 +61,9 @@ class PixtralAdapter(LlavaAdapter):
     def eoi_token(self) -> str:
         return getattr(self.processor, "image_end_token", EOI_TOKEN)
 
-    def format_prompt(self, text: str, order: str = "image_first") -> str:
-        return f"{self.image_placeholder}{text}" if order == "image_first" else f"{text}{self.image_placeholder}"
+    @property
+    def image_prompt(self) -> str:
+        return self.image_placeholder
 
     def encode(self, images: Sequence[ImageLike], prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         if any(prompt.count(self.image_placeholder) != 1 for prompt in prompts):

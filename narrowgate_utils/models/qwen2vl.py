@@ -56,8 +56,9 @@ class Qwen2VLAdapter(Adapter):
     def layers(self) -> Sequence[torch.nn.Module]:
         return self.model.model.language_model.layers
 
-    def format_prompt(self, text: str, order: str = "image_first") -> str:
-        return f"{IMAGE_BLOCK}{text}" if order == "image_first" else f"{text}{IMAGE_BLOCK}"
+    @property
+    def image_prompt(self) -> str:
+        return IMAGE_BLOCK
 
     def encode(self, images: Sequence[ImageLike], prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         if any(prompt.count(IMAGE_BLOCK) != 1 for prompt in prompts):
