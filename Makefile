@@ -67,7 +67,8 @@ toy: $(VENV_STAMP)
 notebooks: $(VENV_STAMP)
 ifneq ($(NOTEBOOKS),)
 	$(MAKE) --no-print-directory toy
-	$(VENV_BIN)/python scripts/execute_notebooks.py --kernel $(KERNEL_NAME) $(NB_PARAMS) $(NOTEBOOKS)
+	# tiny toy models run fastest on one thread (and do not fight over the 2 cores)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(VENV_BIN)/python scripts/execute_notebooks.py --kernel $(KERNEL_NAME) $(NB_PARAMS) $(NOTEBOOKS)
 else
 	@echo "No notebooks in notebooks/: nothing to execute."
 endif

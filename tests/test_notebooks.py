@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = "toy-gated,toy-distributed"
 GATED, DISTRIBUTED = "toy-gated", "toy-distributed"
 
-pytestmark = pytest.mark.slow
+# the first test trains the two known-answer models (several minutes on 2 cores) inside its fixture
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +99,33 @@ def test_steering_notebook_switches_only_through_the_gate(toy_models, tmp_path):
     assert peak[(GATED, "resid", "eoi")] > 0.6, "patching [EOI] must switch the gated model's class"
     assert peak[(DISTRIBUTED, "resid", "eoi")] < 0.3, "patching [EOI] must not steer the distributed model"
     assert peak[(GATED, "resid", "last_image")] < peak[(GATED, "resid", "eoi")]
+
+
+def test_masked_finetuning_notebook_widens_the_gate(toy_models, tmp_path):
+    results = run_notebook("06_masked_finetuning", tmp_path, model_id=GATED, n_train=300, n_samples=60, k=10,
+                           max_new_tokens_vqa=4, max_new_tokens_caption=16, max_new_tokens_class=4)
+    table = pd.read_csv(results / "before_after.csv")
+    acc = table.pivot_table(index="variant", columns="ablation", values="class_accuracy")
+    assert set(acc.index) == {"before", "masked", "control"}
+    assert acc.loc["before", "eoi"] < 0.3, "the planted gate must collapse under [EOI] knockout before fine-tuning"
+    assert acc.loc["masked", "eoi"] > acc.loc["before", "eoi"] + 0.3, "masked fine-tuning must reroute around [EOI]"
+    assert acc.loc["control", "eoi"] < acc.loc["masked", "eoi"], "the unmasked control must stay more fragile"
+
+
+def test_gate_factors_notebook_calibrates_on_known_answers(toy_models, tmp_path):
+    results = run_notebook("07_what_makes_a_gate", tmp_path, variants="vq-all-scratch", seeds=[0], steps=60,
+                           n_samples=48, k=3, workers=1, cache_dir=str(tmp_path / "gate_factors"))
+    calibration = pd.read_csv(results / "gate_factors_calibration.csv").set_index("model")
+    assert calibration.loc[GATED, "gate_score"] > 0.8
+    assert calibration.loc[DISTRIBUTED, "gate_score"] < 0.2
+    per_model = pd.read_csv(results / "gate_factors_per_model.csv")
+    assert list(per_model["variant"]) == ["vq-all-scratch"]
+
+
+def test_text_to_image_notebook_measures_caption_information(toy_models, tmp_path):
+    # toy-gated is the toy-native recipe (also trained on caption → image) with a planted image→text route
+    results = run_notebook("08_text_to_image", tmp_path, model_id=GATED, n_samples=40, n_classifier_train=200,
+                           ablations=["none", "last_text", "all_text"], knockout_modes=["pre_softmax"], k=3)
+    knockout = pd.read_csv(results / "knockout.csv").set_index("ablation")
+    assert knockout.loc["none", "caption_information"] > 0.5, "the caption must inform the image codes"
+    assert abs(knockout.loc["all_text", "caption_information"]) < 1e-3, "blocking every caption token removes it"
