@@ -41,15 +41,21 @@ def as_label_array(labels: Any, name: str, n: int) -> np.ndarray:
     return array
 
 
+def as_int_vector(x: Any, name: str, what: str) -> np.ndarray:
+    """Return a non-empty 1-D integer array (numpy or torch input); ``what`` names its entries."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    array = np.asarray(x)
+    if array.ndim != 1 or array.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D list of {what}, got shape {array.shape}.")
+    if array.dtype.kind not in "iu":
+        raise ValueError(f"{name} must hold integer {what}, got dtype {array.dtype}.")
+    return array
+
+
 def as_index_array(idx: Sequence[int] | np.ndarray, name: str, size: int) -> np.ndarray:
     """Return a 1-D int array of distinct positions, each in ``[0, size)``."""
-    if hasattr(idx, "detach"):
-        idx = idx.detach().cpu().numpy()
-    array = np.asarray(idx)
-    if array.ndim != 1 or array.size == 0:
-        raise ValueError(f"{name} must be a non-empty 1-D list of positions, got shape {array.shape}.")
-    if array.dtype.kind not in "iu":
-        raise ValueError(f"{name} must hold integer positions, got dtype {array.dtype}.")
+    array = as_int_vector(idx, name, "positions")
     if array.min() < 0 or array.max() >= size:
         raise ValueError(f"{name} has positions outside [0, {size}): min {array.min()}, max {array.max()}.")
     if len(np.unique(array)) != len(array):

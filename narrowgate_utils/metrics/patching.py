@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from ._arrays import as_float_array
+from ._arrays import as_float_array, as_int_vector
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -45,14 +45,7 @@ def patching_similarity(q: Any, p: Any, *, from_logits: bool = False, atol: floa
 
 
 def _as_ids(x: Any, name: str) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    array = np.asarray(x)
-    if array.ndim != 1 or array.size == 0:
-        raise ValueError(f"{name} must be a non-empty 1-D array of class / token ids, got shape {array.shape}.")
-    if array.dtype.kind not in "iu":
-        raise ValueError(f"{name} must hold integer ids, got dtype {array.dtype}.")
-    return array
+    return as_int_vector(x, name, "class / token ids")
 
 
 def switch_rate(pred_patched: Any, base_class_ids: Any, target_class_ids: Any) -> float:
