@@ -61,10 +61,6 @@ class TokenLayout:
 
     # ------------------------------------------------------------------ spans
     @property
-    def eoi_index(self) -> int:
-        return self.eoi
-
-    @property
     def first_image(self) -> int:
         return self.image_positions[0]
 
