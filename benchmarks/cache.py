@@ -1,7 +1,7 @@
 """Benchmark 3: re-running an analysis from the activation cache vs from scratch.
 
 ``modality_vectors`` (the modality-gap extraction of Sec. 4.1, two traces per batch) goes
-through ``cached_arrays`` / ``ActivationStore``: the first call runs the forwards and stores
+through ``cached_batches`` / ``ActivationStore``: the first call runs the forwards and stores
 the arrays, a re-run with unchanged inputs only loads them (target ≥ 10× faster). The cache
 lives in a temporary directory that is emptied before every from-scratch run.
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +168,48 @@ class ActivationStore:
         arrays = _as_arrays(fn())
         self.save(key_params, arrays)
         return arrays
+
+    def get_or_compute_parts(self, key_params: Mapping[str, Any], n_parts: int,
+                             compute_part: Callable[[int], Mapping[str, Any]], axis: int = 0,
+                             progress: str = "") -> Arrays:
+        """Like :meth:`get_or_compute`, but computed and written one part (batch) at a time.
+
+        Part ``i`` (``compute_part(i)``, a dict of arrays) is stored as its own entry as soon as
+        it is computed, so only one part's activations are in memory during extraction and a
+        killed run resumes at the first missing part. The parts are then concatenated along
+        ``axis`` into preallocated arrays (read one at a time), stored as the entry for
+        ``key_params`` and deleted. A finished entry is loaded without touching any part.
+        """
+        if n_parts < 1:
+            raise ValueError(f"n_parts must be >= 1, got {n_parts}: there is nothing to compute.")
+        if self.has(key_params):
+            return self.load(key_params)
+        keys = [{"part_of": _canonical(key_params), "part": i, "n_parts": n_parts} for i in range(n_parts)]
+        for i in tqdm(range(n_parts), desc=progress, leave=False, disable=not progress):
+            if not self.has(keys[i]):
+                self.save(keys[i], compute_part(i))
+        records = [json.loads(self.paths(key)[1].read_text())["arrays"] for key in keys]
+        out: Arrays = {}
+        for name, first in records[0].items():
+            shapes = [record.get(name, {}).get("shape") for record in records]
+            if any(shape is None or len(shape) <= axis or shape[:axis] + shape[axis + 1:] != first["shape"][:axis]
+                   + first["shape"][axis + 1:] for shape in shapes):
+                raise ValueError(f"Parts of array '{name}' do not line up along axis {axis} (shapes {shapes}); "
+                                 "compute_part must return the same arrays, differing only along that axis.")
+            total = list(first["shape"])
+            total[axis] = sum(shape[axis] for shape in shapes)
+            out[name] = np.empty(total, dtype=np.dtype(first["dtype"]))
+        offsets = dict.fromkeys(out, 0)
+        for key in keys:
+            for name, array in self.load(key).items():
+                index = [slice(None)] * array.ndim
+                index[axis] = slice(offsets[name], offsets[name] + array.shape[axis])
+                out[name][tuple(index)] = array
+                offsets[name] += array.shape[axis]
+        self.save(key_params, out)
+        for key in keys:
+            self.delete(key)
+        return out
 
     def delete(self, key_params: Mapping[str, Any]) -> None:
         """Remove the entry for ``key_params`` (metadata first, so it reads as missing at once)."""

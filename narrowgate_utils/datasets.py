@@ -8,6 +8,10 @@ Datasets (all return :class:`~narrowgate_utils.data.sample.Sample` lists):
 * ``flickr30k`` -- Flickr30k with its five captions per image (Karpathy splits; Sec. 4.1, Table 1).
 * ``coco_karpathy`` -- MS-COCO Karpathy splits with reference captions (Table 1).
 * ``vqav2`` -- VQAv2 validation, one sample per question with ten answers (Table 1).
+* ``llava_instruct`` -- LLaVA-Instruct-150K conversations (fine-tuning only, with VQAv2 train).
+
+:func:`load_training_mix` concatenates several datasets ("llava_instruct+vqav2"), the paper's
+fine-tuning mix of instruction and VQA samples.
 
 Real datasets are read from local folders (``data_dir``); nothing is downloaded. Subsets are
 chosen on metadata first (numpy ``default_rng(seed)``), so only the selected images are opened,
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +32,14 @@ from .data.sample import Sample
 
 #: dataset -> default split (ImageNet: the 100 images per class need the train folder, since
 #: the validation set has only 50 per class)
-DEFAULT_SPLITS = {"toy": "test", "imagenet": "train", "flickr30k": "test", "coco_karpathy": "test", "vqav2": "val"}
+DEFAULT_SPLITS = {"toy": "test", "imagenet": "train", "flickr30k": "test", "coco_karpathy": "test", "vqav2": "val",
+                  "llava_instruct": "train"}
 DATASETS = tuple(DEFAULT_SPLITS)
 #: the number of evaluation items and the seed of the paper's VQAv2 / captioning evaluation
 PAPER_N_EVAL, PAPER_SEED = 2000, 42
 #: dataset -> module of narrowgate_utils.data whose docstring documents the expected folder layout
-_MODULES = {"imagenet": "imagenet", "flickr30k": "flickr30k", "coco_karpathy": "coco", "vqav2": "vqav2"}
+_MODULES = {"imagenet": "imagenet", "flickr30k": "flickr30k", "coco_karpathy": "coco", "vqav2": "vqav2",
+            "llava_instruct": "llava_instruct"}
 
 
 def load_samples(dataset: str = "toy", split: str | None = None, n: int | None = None, seed: int = PAPER_SEED,
@@ -67,8 +74,49 @@ def load_samples(dataset: str = "toy", split: str | None = None, n: int | None =
     if dataset == "coco_karpathy":
         from .data.coco import load_coco_karpathy
         return load_coco_karpathy(root, split=split, n=n, seed=seed)
+    if dataset == "llava_instruct":
+        from .data.llava_instruct import load_llava_instruct
+        return load_llava_instruct(root, split=split, n=n, seed=seed)
     from .data.vqav2 import load_vqav2
     return load_vqav2(root, split=split, n=n, seed=seed)
+
+
+def load_training_mix(datasets: str | Sequence[str], split: str | None = None, n: int | None = None,
+                      seed: int = PAPER_SEED, data_dir: str | Path | Sequence | Mapping | None = None) -> list[Sample]:
+    """Samples of one or more datasets, concatenated (``n`` and ``split`` apply to each).
+
+    ``datasets`` is a name, a "+"-joined string ("llava_instruct+vqav2", the paper's fine-tuning
+    mix) or a list. ``data_dir`` is one folder (one real dataset), a list/"+"-joined
+    string in the order of ``datasets``, or a {dataset: folder} mapping. ``split=None`` means
+    ``train`` for every dataset.
+    """
+    names = [d.strip() for d in (datasets.split("+") if isinstance(datasets, str) else datasets)]
+    if not names or any(not name for name in names) or len(set(names)) != len(names):
+        raise ValueError(f"datasets={datasets!r}: give distinct dataset names, e.g. 'llava_instruct+vqav2'.")
+    for name in names:
+        _check_dataset(name)
+    real = [name for name in names if name != "toy"]
+    if isinstance(data_dir, Mapping):
+        missing = [name for name in real if name not in data_dir]
+        if missing:
+            raise ValueError(f"data_dir has no folder for {missing}; give one entry per dataset, e.g. "
+                             f"{{'{missing[0]}': '/data/{missing[0]}'}}.")
+        folders = {name: data_dir[name] for name in real}
+    else:
+        if data_dir is None:
+            dirs = [None] * len(real)
+        elif isinstance(data_dir, (str, Path)):
+            dirs = str(data_dir).split("+") if len(real) > 1 else [data_dir]
+        else:
+            dirs = list(data_dir)
+        if len(dirs) != len(real):
+            raise ValueError(f"data_dir gives {len(dirs)} folder(s) for the {len(real)} datasets {real}: pass one each, "
+                             "as a list or a '+'-joined string in the same order, or a {dataset: folder} mapping.")
+        folders = dict(zip(real, dirs))
+    samples: list[Sample] = []
+    for name in names:
+        samples += load_samples(name, split=split or "train", n=n, seed=seed, data_dir=folders.get(name))
+    return samples
 
 
 def patching_pairs(dataset: str = "toy") -> list[tuple[str, str]]:

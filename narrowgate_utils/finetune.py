@@ -34,6 +34,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
@@ -53,7 +54,7 @@ from .layout import Batch
 from .models.base import Adapter
 
 #: image-to-text tasks a training mix may contain
-TASKS = ("vqa", "caption", "class")
+TASKS = ("vqa", "caption", "class", "instruction")
 #: attention projections of the language model (Llama/Chameleon/Mistral/Qwen2 naming)
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
@@ -165,36 +166,60 @@ def count_target_tokens(adapter: Adapter, prompt: str, target: str) -> int:
     return len(full) - len(head)
 
 
-def build_training_examples(adapter: Adapter, samples: Sequence[Sample], mix: Sequence[str] = TASKS, seed: int = 0,
-                            class_prompt: str = CLASS_PROMPTS["toy"]) -> list[TrainingExample]:
-    """One image-first example per sample and task of ``mix``.
+def _supports(sample: Sample, task: str) -> bool:
+    """Whether ``sample`` has the annotation ``task`` trains on."""
+    if task == "vqa":
+        return bool(sample.vqa)
+    if task == "caption":
+        return bool(sample.captions)
+    if task == "class":
+        return sample.label >= 0 and bool(sample.class_name)
+    return bool(sample.instructions)
+
+
+def build_training_examples(adapter: Adapter, samples: Sequence[Sample], mix: Sequence[str] | None = None,
+                            seed: int = 0, class_prompt: str = CLASS_PROMPTS["toy"]) -> list[TrainingExample]:
+    """One image-first example per sample and task of ``mix`` that the sample has data for.
 
     * ``vqa``: :data:`VQA_PROMPT` with one of the sample's questions (seeded draw) → its
       majority answer;
     * ``caption``: :data:`CAPTION_PROMPT` → one reference caption (seeded draw);
-    * ``class``: ``class_prompt`` (``CLASS_PROMPTS["imagenet"]`` for ImageNet) → the class name.
+    * ``class``: ``class_prompt`` (``CLASS_PROMPTS["imagenet"]`` for ImageNet) → the class name;
+    * ``instruction``: one (instruction, response) turn of the sample's conversation (seeded
+      draw; LLaVA-Instruct) as a single image-first turn.
+
+    ``mix=None`` uses every task of :data:`TASKS` that some sample supports, so a concatenation
+    of LLaVA-Instruct and VQAv2 samples gives the paper's instruction + VQA mix. A task of
+    ``mix`` that no sample supports, or a sample that supports none of ``mix``, is an error.
     """
     if len(samples) == 0:
         raise ValueError("No samples to fine-tune on: pass a non-empty list (e.g. load_samples('toy', split='train', n=...)).")
+    if mix is None:
+        mix = tuple(task for task in TASKS if any(_supports(s, task) for s in samples))
     mix = tuple(mix)
     unknown = [task for task in mix if task not in TASKS]
     if unknown or not mix:
-        raise ValueError(f"Unknown or empty training mix {mix}: use a non-empty subset of {TASKS}.")
+        raise ValueError(f"Unknown or empty training mix {mix}: use a non-empty subset of {TASKS} (or mix=None).")
+    unsupported = [task for task in mix if not any(_supports(s, task) for s in samples)]
+    if unsupported:
+        raise ValueError(f"No training sample has data for {unsupported} (vqa: VQA items, caption: captions, class: a "
+                         f"label, instruction: conversation turns); drop them from mix or add a dataset that has them.")
     rng = np.random.default_rng(seed)
     examples = []
     for sample in samples:
-        for task in mix:
+        tasks = [task for task in mix if _supports(sample, task)]
+        if not tasks:
+            raise ValueError(f"Sample {sample.uid} has data for none of the tasks {mix}; remove it or extend mix.")
+        for task in tasks:
             if task == "vqa":
-                if not sample.vqa:
-                    raise ValueError(f"Sample {sample.uid} has no VQA items; drop 'vqa' from mix or use a VQA dataset.")
                 item = sample.vqa[int(rng.integers(len(sample.vqa)))]
                 prompt, target = VQA_PROMPT.format(question=item.question), item.majority_answer
             elif task == "caption":
-                if not sample.captions:
-                    raise ValueError(f"Sample {sample.uid} has no captions; drop 'caption' from mix.")
                 prompt, target = CAPTION_PROMPT, sample.captions[int(rng.integers(len(sample.captions)))]
-            else:
+            elif task == "class":
                 prompt, target = class_prompt, sample.class_name
+            else:
+                prompt, target = sample.instructions[int(rng.integers(len(sample.instructions)))]
             examples.append(TrainingExample(sample.uid, task, sample.image, prompt, target,
                                             count_target_tokens(adapter, prompt, target)))
     return examples
@@ -391,7 +416,7 @@ def read_training_log(output_dir: str | Path) -> dict[str, Any] | None:
 
 # ---------------------------------------------------------------------------- training
 def finetune_lora(adapter: Adapter, samples: Sequence[Sample], config: FinetuneConfig, output_dir: str | Path,
-                  progress: bool = True, mix: Sequence[str] = TASKS,
+                  progress: bool = True, mix: Sequence[str] | None = None,
                   class_prompt: str = CLASS_PROMPTS["toy"]) -> Path:
     """Fine-tune LoRA adapters on the language model's projections; return ``output_dir``.
 
@@ -403,10 +428,13 @@ def finetune_lora(adapter: Adapter, samples: Sequence[Sample], config: FinetuneC
     Resumable: the state is checkpointed every ``config.checkpoint_every`` steps; a rerun with
     the same model, samples and config continues from the last checkpoint, and a finished run
     is returned without retraining. ``adapter.model`` is left as it was (LoRA removed, flags
-    and train/eval mode restored). Load the result with :func:`load_finetuned`.
+    and train/eval mode restored). Load the result with :func:`load_finetuned`. ``mix``: see
+    :func:`build_training_examples` (None: every task the samples have data for).
     """
     from peft import get_peft_model
     from transformers import get_cosine_schedule_with_warmup
+
+    adapter.require_weights("LoRA fine-tuning")
 
     output_dir = Path(output_dir)
     examples = build_training_examples(adapter, samples, mix, seed=config.seed, class_prompt=class_prompt)
@@ -464,7 +492,8 @@ def finetune_lora(adapter: Adapter, samples: Sequence[Sample], config: FinetuneC
             if step % config.checkpoint_every == 0 or step == stop:
                 _save_checkpoint(output_dir, model, optimizer, scheduler, step, curve, elapsed, fingerprint)
         bar.close()
-        log = {"fingerprint": fingerprint, "config": asdict(config), "mix": list(mix), "steps": step,
+        log = {"fingerprint": fingerprint, "config": asdict(config), "mix": dict(Counter(e.task for e in examples)),
+               "steps": step,
                "total_steps": total, "steps_per_epoch": per_epoch, "curve": curve, "train_seconds": elapsed,
                "trainable_parameters": sum(p.numel() for p in params),
                "target_modules": lora_target_regex(adapter, config.include_mlp)}

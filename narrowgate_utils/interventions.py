@@ -24,7 +24,7 @@ from transformers.models.llama.modeling_llama import repeat_kv
 from .layout import Batch
 from .models.base import Adapter
 from .tracing import (PositionSpec, check_site, collect_residual, envoy_of, first_hidden_input, hidden_of,
-                      model_inputs, resolve_positions, traced)
+                      model_inputs, resolve_positions, trace, traced)
 
 KNOCKOUT_MODES = ("post_softmax", "pre_softmax")
 #: name under which the knockout attention (and its eager-style mask) is registered in transformers
@@ -151,6 +151,7 @@ def knockout_attention(adapter: Adapter, batch: Batch, sources: PositionSpec, ta
     """
     if mode not in KNOCKOUT_MODES:
         raise ValueError(f"Unknown knockout mode '{mode}'; use one of {KNOCKOUT_MODES}.")
+    adapter.require_weights("Attention knockout (a registered attention function)")
     selected = adapter.check_layers(layers)
     if not selected:
         raise ValueError("layers is empty; pass at least one layer to knock out (None means all layers).")
@@ -219,7 +220,7 @@ def patch_activation(adapter: Adapter, base_batch: Batch, source_batch: Batch, p
     envoys = [envoy_of(adapter, adapter.attention(l) if site == "attn_in" else adapter.layers[l]) for l in selected]
     root = traced(adapter)
     logits: list[torch.Tensor] = []
-    with root.trace(**inputs, use_cache=False):
+    with trace(adapter, inputs):
         for k, envoy in enumerate(envoys):
             hidden = first_hidden_input(envoy.inputs) if site == "attn_in" else hidden_of(envoy.output)
             hidden[rows, index] = source_values[k].to(device=hidden.device, dtype=hidden.dtype)

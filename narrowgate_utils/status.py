@@ -86,7 +86,7 @@ ROWS: tuple[StatusRow, ...] = (
         'finetune',
         '**Masked fine-tuning table**: Knockout results after LoRA fine-tuning with [EOI] masked from the text',
         'Not in the version of the paper used here (arXiv v1); a later version reports that after fine-tuning Chameleon-7B and Emu3 with [EOI] hidden, ablating [EOI] no longer collapses performance. Setup there: one epoch of LoRA (rank 128, alpha 256) on 15k samples, half LLaVA-Instruct-150K and half VQAv2 train',
-        '`papermill notebooks/06_masked_finetuning.ipynb out.ipynb -p model_id facebook/chameleon-7b -p dataset vqav2 -p data_dir /data/vqav2 -p device cuda`',
+        '`papermill notebooks/06_masked_finetuning.ipynb out.ipynb -p model_id facebook/chameleon-7b -p preset paper -p train_dataset llava_instruct+vqav2 -p train_data_dir /data/llava_instruct+/data/vqav2 -p n_train 7500 -p dataset vqav2 -p data_dir /data/vqav2 -p device cuda -p dtype bfloat16`',
     ),
     StatusRow(
         "open_q2",

@@ -38,12 +38,27 @@ _NNSIGHT_ATTR = "_narrowgate_nnsight"
 
 # ----------------------------------------------------------------------------- plumbing
 def traced(adapter: Adapter) -> NNsight:
-    """The ``NNsight`` wrapper of ``adapter.model``, built once and cached on the adapter."""
+    """The nnsight wrapper of ``adapter.model``, built once and cached on the adapter.
+
+    A remote adapter (``adapter.remote``) gets nnsight's ``HuggingFaceModel`` wrapper, which
+    carries the checkpoint identity a remote backend needs; a local one a plain ``NNsight``.
+    """
     wrapper = adapter.__dict__.get(_NNSIGHT_ATTR)
     if wrapper is None or wrapper._module is not adapter.model:
-        wrapper = NNsight(adapter.model)
+        if adapter.remote:
+            from nnsight.modeling.huggingface import HuggingFaceModel
+            wrapper = HuggingFaceModel(adapter.model)
+        else:
+            wrapper = NNsight(adapter.model)
         setattr(adapter, _NNSIGHT_ATTR, wrapper)
     return wrapper
+
+
+def trace(adapter: Adapter, inputs: dict[str, torch.Tensor]) -> Any:
+    """An nnsight trace of one forward over ``inputs``, without KV cache (nothing kept alive),
+    executed where ``adapter.remote`` says (here, on NDIF, or nnsight's local simulation)."""
+    options = {"remote": adapter.remote} if adapter.remote else {}
+    return traced(adapter).trace(**inputs, use_cache=False, **options)
 
 
 def envoy_of(adapter: Adapter, module: torch.nn.Module) -> Any:
@@ -57,6 +72,8 @@ def envoy_of(adapter: Adapter, module: torch.nn.Module) -> Any:
 def model_inputs(adapter: Adapter, batch: Batch) -> dict[str, torch.Tensor]:
     """Batch inputs on the model's device, pixels cast to the model's dtype."""
     device = next(adapter.model.parameters()).device
+    if device.type == "meta":  # remote adapter: the inputs travel with the request
+        device = torch.device("cpu")
     return batch.to(device, adapter.model.dtype).inputs
 
 
@@ -119,6 +136,17 @@ def _gather(hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return hidden[rows, index].detach().to(torch.float32).cpu()
 
 
+@torch.no_grad()
+def last_logits(adapter: Adapter, batch: Batch) -> torch.Tensor:
+    """Float32 CPU logits ``[batch, vocab]`` at the last position, from an nnsight trace (so
+    they can be computed remotely too)."""
+    root = traced(adapter)
+    logits: list[torch.Tensor] = []
+    with trace(adapter, model_inputs(adapter, batch)):
+        logits.append(root.output.logits[:, -1].detach().to(torch.float32).cpu())
+    return logits[0]
+
+
 # ---------------------------------------------------------------------------- residuals
 @torch.no_grad()
 def collect_residual(adapter: Adapter, batch: Batch, positions: PositionSpec, layers: Sequence[int] | None = None,
@@ -139,7 +167,7 @@ def collect_residual(adapter: Adapter, batch: Batch, positions: PositionSpec, la
     envoys = [envoy_of(adapter, adapter.attention(l) if site == "attn_in" else adapter.layers[l]) for l in selected]
     first_layer = envoy_of(adapter, adapter.layers[0])
     collected: list[torch.Tensor] = []
-    with traced(adapter).trace(**inputs, use_cache=False) as tracer:  # no KV cache: one forward, nothing kept alive
+    with trace(adapter, inputs) as tracer:
         if include_embeddings:
             collected.append(_gather(first_hidden_input(first_layer.inputs), index))
         for envoy in envoys:
@@ -169,7 +197,7 @@ def collect_attention(adapter: Adapter, batch: Batch, layers: Sequence[int] | No
     inputs = model_inputs(adapter, batch)
     envoys = [envoy_of(adapter, adapter.attention(l)) for l in selected]
     collected: list[torch.Tensor] = []
-    with traced(adapter).trace(**inputs, use_cache=False) as tracer:  # no KV cache: one forward, nothing kept alive
+    with trace(adapter, inputs) as tracer:
         for layer, envoy in zip(selected, envoys):
             collected.append(_attention_weights(envoy.output, layer).detach().to(torch.float32).cpu())
         tracer.stop()
@@ -202,7 +230,7 @@ def cross_modal_attention_profile(adapter: Adapter, batch: Batch, layers: Sequen
     query_index = [torch.tensor(q, dtype=torch.long, device=device) for q in queries]
     envoys = [envoy_of(adapter, adapter.attention(l)) for l in selected]
     profiles: list[torch.Tensor] = []
-    with traced(adapter).trace(**inputs, use_cache=False) as tracer:  # no KV cache: one forward, nothing kept alive
+    with trace(adapter, inputs) as tracer:
         for layer, envoy in zip(selected, envoys):
             weights = _attention_weights(envoy.output, layer)
             rows = [weights[row][:, query_index[row]][:, :, span_index[row]].to(torch.float64).mean(dim=(0, 1))

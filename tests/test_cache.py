@@ -101,3 +101,58 @@ def test_bad_values_raise(tmp_path):
     with pytest.raises(ValueError, match="No valid cache entry"):
         store.load(make_key("m", "never"))
     assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------ per-batch streaming
+class Parts:
+    """compute_part stand-in: part i is [2, n_i, 3] filled with i; may fail at one part."""
+
+    def __init__(self, sizes: list[int], fail_at: int | None = None, axis: int = 0) -> None:
+        self.sizes, self.fail_at, self.axis, self.calls = sizes, fail_at, axis, []
+
+    def __call__(self, i: int) -> dict[str, np.ndarray]:
+        if i == self.fail_at:
+            raise KeyboardInterrupt("killed")
+        self.calls.append(i)
+        n = np.arange(self.sizes[i])
+        return {"x": np.full((2, self.sizes[i], 3), i, dtype=np.float32), "n": n[None] if self.axis == 1 else n}
+
+
+def test_parts_resume_after_a_kill_without_recomputing_finished_batches(tmp_path):
+    store, key, sizes = ActivationStore(tmp_path), make_key("m", "toy", what="streamed"), [4, 4, 4, 2]
+    killed = Parts(sizes, fail_at=2, axis=1)
+    with pytest.raises(KeyboardInterrupt):
+        store.get_or_compute_parts(key, 4, killed, axis=1)
+    assert killed.calls == [0, 1] and not store.has(key)
+    assert len(list(tmp_path.glob("*.json"))) == 2  # the two finished batches are on disk
+    resumed = Parts(sizes, axis=1)
+    out = store.get_or_compute_parts(key, 4, resumed, axis=1)
+    assert resumed.calls == [2, 3]  # batches 0 and 1 were not recomputed
+    np.testing.assert_array_equal(out["x"][0, :, 0], np.repeat(np.arange(4), sizes).astype(np.float32))
+    assert out["x"].shape == (2, 14, 3) and out["n"].tolist() == [[0, 1, 2, 3] * 3 + [0, 1]]
+    assert len(list(tmp_path.glob("*.json"))) == 1 and store.has(key)  # parts deleted, one entry left
+    again = Parts(sizes, axis=1)
+    np.testing.assert_array_equal(store.get_or_compute_parts(key, 4, again, axis=1)["x"], out["x"])
+    assert again.calls == []
+
+
+def test_corrupt_part_is_recomputed(tmp_path):
+    store, key = ActivationStore(tmp_path), make_key("m", "toy", what="corrupt-part")
+    with pytest.raises(KeyboardInterrupt):
+        store.get_or_compute_parts(key, 3, Parts([2, 2, 2], fail_at=2), axis=0)
+    part_key = {"part_of": key, "part": 1, "n_parts": 3}
+    data_path, _ = store.paths(part_key)
+    data_path.write_bytes(data_path.read_bytes()[:-7])  # a torn write
+    resumed = Parts([2, 2, 2])
+    out = store.get_or_compute_parts(key, 3, resumed, axis=0)
+    assert resumed.calls == [1, 2]
+    assert out["x"].shape == (6, 2, 3) and out["n"].tolist() == [0, 1, 0, 1, 0, 1]
+
+
+def test_parts_that_do_not_line_up_are_rejected(tmp_path):
+    store = ActivationStore(tmp_path)
+    ragged = {0: {"x": np.zeros((2, 3))}, 1: {"x": np.zeros((2, 4))}}
+    with pytest.raises(ValueError, match="do not line up along axis 0"):
+        store.get_or_compute_parts(make_key("m", "toy"), 2, ragged.__getitem__, axis=0)
+    with pytest.raises(ValueError, match="n_parts must be >= 1"):
+        store.get_or_compute_parts(make_key("m", "toy"), 0, ragged.__getitem__)

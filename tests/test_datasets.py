@@ -7,18 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from narrowgate_utils.data.coco import load_coco_karpathy
 from narrowgate_utils.data.imagenet import display_name, imagenet_classes, imagenet_patching_pairs, lemma, load_imagenet
-from narrowgate_utils.datasets import DATASETS, dataset_classes, load_samples, patching_pairs, seeded_subset
+from narrowgate_utils.datasets import (DATASETS, dataset_classes, load_samples, load_training_mix, patching_pairs,
+                                       seeded_subset)
+
+from dataset_fixtures import LLAVA_CONVERSATIONS, write_image, write_llava_instruct, write_vqav2
 
 IMAGES_PER_CLASS = 4
-
-
-def _image(path: Path, color: tuple[int, int, int], mode: str = "RGB") -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (8, 8), color).convert(mode).save(path)
 
 
 def _wnid(i: int) -> str:
@@ -35,7 +32,7 @@ def imagenet_dir(tmp_path_factory) -> Path:
         # mapping entries as ImageNet writes them: capitalised first name with spaces, then synonyms
         lines.append(f"{_wnid(i)} {lemma(name).replace('_', ' ').title()}, synonym {i}")
         for j in range(IMAGES_PER_CLASS):
-            _image(root / "train" / _wnid(i) / f"{_wnid(i)}_{j}.png", (i, 10 * j, 200))
+            write_image(root / "train" / _wnid(i) / f"{_wnid(i)}_{j}.png", (i, 10 * j, 200))
     (root / "LOC_synset_mapping.txt").write_text("\n".join(lines) + "\n")
     return root
 
@@ -89,7 +86,7 @@ def test_imagenet_class_index_json(tmp_path, imagenet_dir):
     index = {_wnid(100 + i): lemma(n) for i, n in enumerate(names)}
     (tmp_path / "class_index.json").write_text(json.dumps(index))
     for i in range(len(names)):
-        _image(tmp_path / "val" / _wnid(100 + i) / "ILSVRC2012_val_1.JPEG", (i, 0, 0))
+        write_image(tmp_path / "val" / _wnid(100 + i) / "ILSVRC2012_val_1.JPEG", (i, 0, 0))
     samples = load_imagenet(tmp_path, split="val", classes="patching", per_class=1)
     assert [s.class_name for s in samples[:3]] == ["american alligator", "arabian camel", "bald eagle"]
     assert samples[2].uid == f"{_wnid(102)}/ILSVRC2012_val_1"
@@ -124,7 +121,7 @@ def flickr_dir(tmp_path_factory) -> Path:
     entries = [{"filename": f"{1000 + k}.jpg", "split": s, "imgid": k, "sentences": _captions(k)} for k, s in enumerate(splits)]
     (root / "dataset_flickr30k.json").write_text(json.dumps({"images": entries, "dataset": "flickr30k"}))
     for k in range(len(splits)):
-        _image(root / "flickr30k-images" / f"{1000 + k}.jpg", (40 * k, 0, 0), mode="L" if k == 0 else "RGB")
+        write_image(root / "flickr30k-images" / f"{1000 + k}.jpg", (40 * k, 0, 0), mode="L" if k == 0 else "RGB")
     return root
 
 
@@ -152,10 +149,10 @@ def test_flickr30k_token_file_and_errors(tmp_path, flickr_dir):
         load_samples("flickr30k", data_dir=tmp_path)
     with pytest.raises(ValueError, match="Flickr30k image folder: expected a folder .*flickr30k-images"):
         load_samples("flickr30k", split="all", data_dir=tmp_path)
-    _image(tmp_path / "flickr30k-images" / "77.jpg", (0, 0, 0))
+    write_image(tmp_path / "flickr30k-images" / "77.jpg", (0, 0, 0))
     with pytest.raises(ValueError, match=r"Missing image: expected .*55\.jpg"):
         load_samples("flickr30k", split="all", data_dir=tmp_path)
-    _image(tmp_path / "flickr30k-images" / "55.jpg", (0, 0, 0))
+    write_image(tmp_path / "flickr30k-images" / "55.jpg", (0, 0, 0))
     samples = load_samples("flickr30k", split="all", data_dir=tmp_path)
     assert [s.uid for s in samples] == ["77", "55"] and samples[1].captions[4] == "A 55 caption 4."
     (tmp_path / "results_20130124.token").write_text("77.jpg caption without tab\n")
@@ -176,7 +173,7 @@ def test_coco_karpathy(tmp_path):
                 "split": ["test", "restval", "test", "train"][k], "sentences": _captions(k)} for k in range(4)]
     (tmp_path / "dataset_coco.json").write_text(json.dumps({"images": entries, "dataset": "coco"}))
     for entry in entries:
-        _image(tmp_path / entry["filepath"] / entry["filename"], (1, 2, 3))
+        write_image(tmp_path / entry["filepath"] / entry["filename"], (1, 2, 3))
     test = load_samples("coco_karpathy", data_dir=tmp_path)
     assert [s.meta["image_id"] for s in test] == [500, 502] and test[1].captions[0] == "caption 0 of image 2"
     assert test[0].meta["path"].endswith("val2014/COCO_x_000000000000.jpg")
@@ -189,23 +186,8 @@ def test_coco_karpathy(tmp_path):
         load_samples("coco_karpathy", data_dir=tmp_path)
 
 
-def _vqa_files(root: Path, n_answers: int = 10) -> None:
-    image_ids = [262148, 393225, 262148, 458752, 393225]
-    questions = [{"image_id": im, "question": f"Question {q}?", "question_id": 1000 + q} for q, im in enumerate(image_ids)]
-    annotations = []
-    for q, im in enumerate(image_ids):
-        answers = [{"answer": f"ans{q}-{a}", "answer_confidence": "yes", "answer_id": a + 1} for a in range(n_answers)]
-        annotations.append({"question_id": 1000 + q, "image_id": im, "answers": answers[::-1],  # out of id order
-                            "answer_type": "other" if q else "yes/no", "multiple_choice_answer": f"ans{q}-0",
-                            "question_type": "what"})
-    (root / "v2_OpenEnded_mscoco_val2014_questions.json").write_text(json.dumps({"questions": questions}))
-    (root / "v2_mscoco_val2014_annotations.json").write_text(json.dumps({"annotations": annotations[::-1]}))
-    for im in set(image_ids):
-        _image(root / "val2014" / f"COCO_val2014_{im:012d}.jpg", (im % 256, 0, 0))
-
-
 def test_vqav2(tmp_path):
-    _vqa_files(tmp_path)
+    write_vqav2(tmp_path)
     samples = load_samples("vqav2", data_dir=tmp_path)
     assert [s.uid for s in samples] == ["1000", "1001", "1002", "1003", "1004"]
     item = samples[0].vqa[0]
@@ -222,7 +204,7 @@ def test_vqav2(tmp_path):
 def test_vqav2_errors(tmp_path):
     with pytest.raises(ValueError, match="expected .*v2_OpenEnded_mscoco_val2014_questions.json .*visualqa.org"):
         load_samples("vqav2", data_dir=tmp_path)
-    _vqa_files(tmp_path, n_answers=9)
+    write_vqav2(tmp_path, n_answers=9)
     with pytest.raises(ValueError, match="has 9 answers, expected 10"):
         load_samples("vqav2", data_dir=tmp_path)
     (tmp_path / "v2_mscoco_val2014_annotations.json").unlink()
@@ -261,3 +243,56 @@ def test_toy_delegation():
     from narrowgate_utils.data.toy import TOY_PATCHING_PAIRS, toy_dataset
     assert [s.uid for s in load_samples("toy", n=3)] == [s.uid for s in toy_dataset("test", 3, 42)]
     assert patching_pairs("toy") == [tuple(p) for p in TOY_PATCHING_PAIRS]
+
+
+def test_llava_instruct(tmp_path):
+    write_llava_instruct(tmp_path)
+    samples = load_samples("llava_instruct", data_dir=tmp_path)
+    assert [s.uid for s in samples] == [uid for uid, _, _ in LLAVA_CONVERSATIONS]
+    # the <image> placeholder is gone wherever it stood; turns stay paired and in order
+    assert samples[0].instructions == (("What color is the bus?", "The bus is red."), ("Is it moving?", "No, it is parked."))
+    assert samples[1].instructions == (("Describe the image.", "A giraffe eats leaves."),)
+    assert samples[0].image.getpixel((0, 0)) == samples[3].image.getpixel((0, 0)) != samples[1].image.getpixel((0, 0))
+    assert samples[0].label == -1 and not samples[0].vqa and samples[0].meta["path"].endswith("train2017/000000000009.jpg")
+    two = load_samples("llava_instruct", n=2, seed=42, data_dir=tmp_path)
+    expected = np.sort(np.random.default_rng(42).choice(4, size=2, replace=False))
+    assert [s.uid for s in two] == [LLAVA_CONVERSATIONS[i][0] for i in expected]
+
+
+def test_llava_instruct_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"expected .*llava_instruct_150k\.json .*LLaVA-Instruct-150K"):
+        load_samples("llava_instruct", data_dir=tmp_path)
+    write_llava_instruct(tmp_path)
+    with pytest.raises(ValueError, match="only a 'train' split"):
+        load_samples("llava_instruct", split="val", data_dir=tmp_path)
+    (tmp_path / "train2017" / "000000000030.jpg").unlink()
+    with pytest.raises(ValueError, match=r"expected .*train2017/000000000030\.jpg .*COCO 2017 train"):
+        load_samples("llava_instruct", data_dir=tmp_path)
+    entries = json.loads((tmp_path / "llava_instruct_150k.json").read_text())
+    entries[0]["conversations"] = entries[0]["conversations"][:3]  # a question without its answer
+    (tmp_path / "llava_instruct_150k.json").write_text(json.dumps(entries))
+    with pytest.raises(ValueError, match="entry 0 does not alternate human/gpt turns"):
+        load_samples("llava_instruct", data_dir=tmp_path)
+
+
+def test_training_mix(tmp_path):
+    write_llava_instruct(tmp_path / "llava")
+    write_vqav2(tmp_path / "vqa", subtype="train2014")
+    by_list = load_training_mix("llava_instruct+vqav2", n=3, seed=1, data_dir=[tmp_path / "llava", tmp_path / "vqa"])
+    by_map = load_training_mix(["llava_instruct", "vqav2"], n=3, seed=1,
+                               data_dir={"vqav2": tmp_path / "vqa", "llava_instruct": tmp_path / "llava"})
+    by_string = load_training_mix("llava_instruct+vqav2", n=3, seed=1, data_dir=f"{tmp_path / 'llava'}+{tmp_path / 'vqa'}")
+    uids = [s.uid for s in by_list]
+    assert uids == [s.uid for s in by_map] == [s.uid for s in by_string] and len(uids) == 6
+    assert [s.meta["dataset"] for s in by_list] == ["llava_instruct"] * 3 + ["vqav2"] * 3
+    assert all(s.meta["split"] == "train" for s in by_list)
+    toy = load_training_mix("toy", n=4, seed=0)
+    assert [s.uid for s in toy] == [s.uid for s in load_samples("toy", split="train", n=4, seed=0)]
+    with pytest.raises(ValueError, match=r"gives 1 folder\(s\) for the 2 datasets"):
+        load_training_mix("llava_instruct+vqav2", data_dir=tmp_path / "llava")
+    with pytest.raises(ValueError, match=r"no folder for \['vqav2'\]"):
+        load_training_mix("llava_instruct+vqav2", data_dir={"llava_instruct": tmp_path / "llava"})
+    with pytest.raises(ValueError, match="distinct dataset names"):
+        load_training_mix("vqav2+vqav2", data_dir=[tmp_path, tmp_path])
+    with pytest.raises(ValueError, match="Unknown dataset 'llava'"):
+        load_training_mix("llava+vqav2", data_dir=[tmp_path, tmp_path])

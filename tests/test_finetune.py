@@ -9,7 +9,9 @@ import torch
 from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file
 
-from narrowgate_utils.datasets import load_samples
+from dataset_fixtures import LLAVA_CONVERSATIONS, write_llava_instruct, write_vqav2
+
+from narrowgate_utils.datasets import load_samples, load_training_mix
 from narrowgate_utils.finetune import (ADAPTER_FILES, CHECKPOINT_DIR, TRAINING_LOG, FinetuneConfig,
                                        build_training_examples, collate, eoi_mask, finetune_lora, load_finetuned,
                                        lora_config, lora_parameter_names, target_loss)
@@ -195,3 +197,24 @@ def test_bad_inputs_raise_value_errors(samples, tmp_path):
         load_finetuned(adapter, tmp_path / "nothing")
     assert FinetuneConfig.paper().effective_batch == 128
     assert (FinetuneConfig.paper().rank, FinetuneConfig.paper().alpha, FinetuneConfig.paper().lr) == (128, 256.0, 2e-5)
+
+
+def test_instruction_and_vqa_mix_from_the_real_layouts(tmp_path):
+    """The paper's mix: LLaVA-Instruct conversations + VQAv2 train questions, one task each."""
+    write_llava_instruct(tmp_path / "llava")
+    write_vqav2(tmp_path / "vqa", subtype="train2014")
+    train = load_training_mix("llava_instruct+vqav2", data_dir=[tmp_path / "llava", tmp_path / "vqa"])
+    adapter = tiny("chameleon")
+    examples = build_training_examples(adapter, train)  # mix=None: what the data has
+    assert [e.task for e in examples] == ["instruction"] * 4 + ["vqa"] * 5
+    instructions = {uid: {h.replace("<image>", "").strip(): g for h, g in pairs} for uid, _, pairs in LLAVA_CONVERSATIONS}
+    for example in examples[:4]:
+        assert instructions[example.uid][example.prompt] == example.target
+    assert examples[4].target == "ans0-0" and "Question 0?" in examples[4].prompt
+    with pytest.raises(ValueError, match=r"No training sample has data for \['caption'\]"):
+        build_training_examples(adapter, train, mix=("vqa", "caption"))
+    with pytest.raises(ValueError, match="has data for none of the tasks"):
+        build_training_examples(adapter, train, mix=("vqa",))
+    out = finetune_lora(adapter, train, quick(max_steps=2), tmp_path / "run", progress=False)
+    log = json.loads((out / TRAINING_LOG).read_text())
+    assert log["mix"] == {"instruction": 4, "vqa": 5} and log["steps"] == 2

@@ -39,7 +39,11 @@ class VQAItem:
 
 @dataclass(frozen=True)
 class Sample:
-    """An RGB image with a class label, reference captions and VQA items."""
+    """An RGB image with a class label, reference captions, VQA items and instruction turns.
+
+    ``instructions`` holds (instruction, response) pairs of an image-grounded conversation
+    (LLaVA-Instruct); datasets without one leave it empty.
+    """
 
     uid: str
     image: Image.Image
@@ -47,6 +51,7 @@ class Sample:
     class_name: str
     captions: tuple[str, ...] = ()
     vqa: tuple[VQAItem, ...] = ()
+    instructions: tuple[tuple[str, str], ...] = ()
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:

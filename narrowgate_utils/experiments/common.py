@@ -59,12 +59,8 @@ def seed_everything(seed: int) -> np.random.Generator:
 
 def batched(items: Sequence[T], batch_size: int, desc: str = "") -> Iterator[list[T]]:
     """Consecutive chunks of ``items`` with a progress bar."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    if len(items) == 0:
-        raise ValueError("No samples to process: the dataset selection is empty (check n_samples / dataset / data_dir).")
-    for start in tqdm(range(0, len(items), batch_size), desc=desc, leave=False, disable=not desc):
-        yield list(items[start:start + batch_size])
+    for chunk in tqdm(chunks(items, batch_size), desc=desc, leave=False, disable=not desc):
+        yield list(chunk)
 
 
 def output_folder(output_dir: str | Path, notebook: str) -> Path:
@@ -94,16 +90,32 @@ def model_fingerprint(adapter: "Adapter") -> dict[str, object]:
     return fingerprint
 
 
-def cached_arrays(adapter: "Adapter", samples: Sequence["Sample"], what: str, params: dict[str, object],
-                  compute: Callable[[], dict[str, np.ndarray]], cache_dir: str | Path | None = None) -> dict[str, np.ndarray]:
-    """Load ``what`` for (model, samples, params) from the activation cache, or compute and store it.
+def chunks(items: Sequence[T], batch_size: int) -> list[Sequence[T]]:
+    """``items`` cut into consecutive batches of ``batch_size`` (the last may be shorter)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if len(items) == 0:
+        raise ValueError("No samples to process: the dataset selection is empty (check n_samples / dataset / data_dir).")
+    return [items[start:start + batch_size] for start in range(0, len(items), batch_size)]
 
-    The key holds the model fingerprint, the sample ids and every parameter, so a re-run of a
-    notebook's analysis with unchanged inputs skips the forward passes.
+
+def cached_batches(adapter: "Adapter", samples: Sequence["Sample"], what: str, params: dict[str, object],
+                   compute_batch: Callable[[int, list["Sample"]], dict[str, np.ndarray]], batch_size: int,
+                   axis: int, cache_dir: str | Path | None = None) -> dict[str, np.ndarray]:
+    """Per-batch arrays of (model, samples, params), streamed to the activation cache.
+
+    ``compute_batch(i, batch)`` returns the arrays of batch ``i``, with the samples along
+    ``axis``. Each batch is written to disk as soon as it is computed (memory stays flat in
+    the number of samples); a killed run resumes at the first missing batch; a finished run
+    loads the concatenated arrays without a forward pass. The key holds the model
+    fingerprint, the sample ids, the batch size and every parameter.
     """
     from ..cache import ActivationStore
     from ..toy.registry import cache_dir as default_cache_dir
 
     store = ActivationStore(Path(cache_dir) if cache_dir is not None else default_cache_dir() / "activations")
-    key = {"what": what, "model": model_fingerprint(adapter), "samples": [s.uid for s in samples], "params": params}
-    return store.get_or_compute(key, compute)
+    batches = chunks(samples, batch_size)
+    key = {"what": what, "model": model_fingerprint(adapter), "samples": [s.uid for s in samples],
+           "batch_size": batch_size, "params": params}
+    return store.get_or_compute_parts(key, len(batches), lambda i: compute_batch(i, list(batches[i])), axis=axis,
+                                      progress=f"{what} · {adapter.model_id}")

@@ -22,8 +22,12 @@ VARIANTS = ("before", "masked", "control")
 
 
 def finetune_both(adapter: Adapter, train_samples: Sequence[Sample], config: FinetuneConfig, run_dir: str | Path,
-                  class_prompt: str, mix: Sequence[str] = ("vqa", "caption", "class")) -> dict[str, Path]:
-    """The masked and the control LoRA runs (resumable; finished runs are reused)."""
+                  class_prompt: str, mix: Sequence[str] | None = None) -> dict[str, Path]:
+    """The masked and the control LoRA runs (resumable; finished runs are reused).
+
+    ``mix=None`` trains on every task the samples have data for (toy: VQA, captions, classes;
+    LLaVA-Instruct + VQAv2: instructions and VQA, the paper's mix).
+    """
     run_dir = Path(run_dir)
     return {name: finetune_lora(adapter, train_samples, replace(config, mask_eoi=(name == "masked")), run_dir / name,
                                 mix=mix, class_prompt=class_prompt)

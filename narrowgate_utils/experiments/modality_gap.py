@@ -13,13 +13,12 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ..data.sample import Sample
 from ..metrics import adp_homogeneity, modality_gap_profile
 from ..models.base import Adapter
 from ..tracing import collect_residual
-from .common import batched, cached_arrays
+from .common import batched, cached_batches
 
 
 def caption_text(sample: Sample) -> str:
@@ -29,22 +28,28 @@ def caption_text(sample: Sample) -> str:
     return " ".join(sample.captions)
 
 
+def modality_batch(adapter: Adapter, chunk: Sequence[Sample], layers: Sequence[int] | None,
+                   rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """{"image", "text"}: [n_layers, batch, d] residuals at one random image token (text-first
+    prompt) and one random text token (image-first prompt) of each sample."""
+    images, texts = [s.image for s in chunk], [caption_text(s) for s in chunk]
+    image_first = adapter.build_batch(images, texts, order="image_first")
+    text_positions = [[int(rng.choice(layout.text_positions))] for layout in image_first.layouts]
+    text = collect_residual(adapter, image_first, text_positions, layers=layers)[:, :, 0]
+    text_first = adapter.build_batch(images, texts, order="text_first")
+    image_positions = [[int(rng.choice(layout.image_positions))] for layout in text_first.layouts]
+    image = collect_residual(adapter, text_first, image_positions, layers=layers)[:, :, 0]
+    return {"image": image.numpy(), "text": text.numpy()}
+
+
 def collect_modality_vectors(adapter: Adapter, samples: Sequence[Sample], layers: Sequence[int] | None = None,
                              batch_size: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Residual vectors [n_layers, n, d] at a random text token (image-first prompts) and at a
-    random image token (text-first prompts), paired by sample."""
-    rng = np.random.default_rng(seed)
-    image_parts: list[torch.Tensor] = []
-    text_parts: list[torch.Tensor] = []
-    for chunk in batched(samples, batch_size, desc=f"modality gap · {adapter.model_id}"):
-        images, texts = [s.image for s in chunk], [caption_text(s) for s in chunk]
-        image_first = adapter.build_batch(images, texts, order="image_first")
-        text_positions = [[int(rng.choice(layout.text_positions))] for layout in image_first.layouts]
-        text_parts.append(collect_residual(adapter, image_first, text_positions, layers=layers)[:, :, 0])
-        text_first = adapter.build_batch(images, texts, order="text_first")
-        image_positions = [[int(rng.choice(layout.image_positions))] for layout in text_first.layouts]
-        image_parts.append(collect_residual(adapter, text_first, image_positions, layers=layers)[:, :, 0])
-    return torch.cat(image_parts, dim=1).numpy(), torch.cat(text_parts, dim=1).numpy()
+    random image token (text-first prompts), paired by sample. Batch ``i`` draws its positions
+    with ``default_rng([seed, i])``, so a resumed extraction draws the same ones."""
+    parts = [modality_batch(adapter, chunk, layers, np.random.default_rng([seed, i]))
+             for i, chunk in enumerate(batched(samples, batch_size, desc=f"modality gap · {adapter.model_id}"))]
+    return (np.concatenate([p["image"] for p in parts], axis=1), np.concatenate([p["text"] for p in parts], axis=1))
 
 
 def modality_gap(image_vecs: np.ndarray, text_vecs: np.ndarray, layers: Sequence[int], min_cluster_size: int = 50,
@@ -68,9 +73,7 @@ def modality_gap(image_vecs: np.ndarray, text_vecs: np.ndarray, layers: Sequence
 
 def modality_vectors(adapter: Adapter, samples: Sequence[Sample], layers: Sequence[int], batch_size: int = 16,
                      seed: int = 0, cache_dir: str | None = None) -> dict[str, np.ndarray]:
-    """:func:`collect_modality_vectors` through the activation cache: {"image": ..., "text": ...}."""
-    def compute() -> dict[str, np.ndarray]:
-        image, text = collect_modality_vectors(adapter, samples, layers, batch_size, seed)
-        return {"image": image, "text": text}
-
-    return cached_arrays(adapter, samples, "modality_gap", {"layers": list(layers), "seed": seed}, compute, cache_dir)
+    """:func:`collect_modality_vectors` streamed through the activation cache: {"image": ..., "text": ...}."""
+    return cached_batches(adapter, samples, "modality_gap", {"layers": list(layers), "seed": seed},
+                          lambda i, chunk: modality_batch(adapter, chunk, layers, np.random.default_rng([seed, i])),
+                          batch_size, axis=1, cache_dir=cache_dir)

@@ -19,7 +19,7 @@ from ..layout import TokenLayout
 from ..metrics import neighborhood_overlap
 from ..models.base import Adapter
 from ..tracing import collect_residual
-from .common import batched, cached_arrays
+from .common import batched, cached_batches
 
 
 def overlap_positions(layout: TokenLayout, extra: Sequence[str] = (), max_internal: int = 64,
@@ -40,23 +40,29 @@ def overlap_positions(layout: TokenLayout, extra: Sequence[str] = (), max_intern
     return groups
 
 
+def overlap_batch(adapter: Adapter, chunk: Sequence[Sample], prompt: str, layers: Sequence[int] | None = None,
+                  extra: Sequence[str] = (), max_internal: int = 64, seed: int = 0) -> dict[str, np.ndarray]:
+    """Residual vectors of one batch per group: {group: [n_layers, batch, n_positions, d]}."""
+    batch = adapter.build_batch([s.image for s in chunk], [prompt] * len(chunk))
+    row_groups = [overlap_positions(layout, extra, max_internal, seed) for layout in batch.layouts]
+    names = list(row_groups[0])
+    flat = [[p for name in names for p in groups[name]] for groups in row_groups]
+    vectors = collect_residual(adapter, batch, flat, layers=layers).numpy()  # [L, B, P, d]
+    out, start = {}, 0
+    for name in names:
+        width = len(row_groups[0][name])
+        out[name] = vectors[:, :, start:start + width]
+        start += width
+    return out
+
+
 def collect_overlap_vectors(adapter: Adapter, samples: Sequence[Sample], prompt: str, layers: Sequence[int] | None = None,
                             extra: Sequence[str] = (), max_internal: int = 64, batch_size: int = 16,
                             seed: int = 0) -> dict[str, np.ndarray]:
     """Residual vectors per group: {group: [n_layers, n, n_positions, d]} (left padding handled per row)."""
-    parts: dict[str, list[torch.Tensor]] = {}
-    for chunk in batched(samples, batch_size, desc=f"overlap · {adapter.model_id}"):
-        batch = adapter.build_batch([s.image for s in chunk], [prompt] * len(chunk))
-        row_groups = [overlap_positions(layout, extra, max_internal, seed) for layout in batch.layouts]
-        names = list(row_groups[0])
-        flat = [[p for name in names for p in groups[name]] for groups in row_groups]
-        vectors = collect_residual(adapter, batch, flat, layers=layers)  # [L, B, P, d]
-        start = 0
-        for name in names:
-            width = len(row_groups[0][name])
-            parts.setdefault(name, []).append(vectors[:, :, start:start + width])
-            start += width
-    return {name: torch.cat(chunks, dim=1).numpy() for name, chunks in parts.items()}
+    parts = [overlap_batch(adapter, chunk, prompt, layers, extra, max_internal, seed)
+             for chunk in batched(samples, batch_size, desc=f"overlap · {adapter.model_id}")]
+    return {name: np.concatenate([part[name] for part in parts], axis=1) for name in parts[0]}
 
 
 def overlap_profile(vectors: dict[str, np.ndarray], labels: Sequence[int], layers: Sequence[int],
@@ -74,8 +80,8 @@ def overlap_profile(vectors: dict[str, np.ndarray], labels: Sequence[int], layer
 def overlap_vectors(adapter: Adapter, samples: Sequence[Sample], prompt: str, layers: Sequence[int],
                     extra: Sequence[str] = (), max_internal: int = 64, batch_size: int = 16, seed: int = 0,
                     cache_dir: str | None = None) -> dict[str, np.ndarray]:
-    """:func:`collect_overlap_vectors` through the activation cache."""
+    """:func:`collect_overlap_vectors` streamed through the activation cache."""
     params = {"layers": list(layers), "prompt": prompt, "extra": list(extra), "max_internal": max_internal, "seed": seed}
-    return cached_arrays(adapter, samples, "overlap", params,
-                         lambda: collect_overlap_vectors(adapter, samples, prompt, layers, extra, max_internal,
-                                                         batch_size, seed), cache_dir)
+    return cached_batches(adapter, samples, "overlap", params,
+                          lambda i, chunk: overlap_batch(adapter, chunk, prompt, layers, extra, max_internal, seed),
+                          batch_size, axis=1, cache_dir=cache_dir)

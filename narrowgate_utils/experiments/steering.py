@@ -19,7 +19,7 @@ from ..data.sample import Sample
 from ..interventions import patch_activation
 from ..metrics import patching_similarity
 from ..models.base import Adapter
-from ..tracing import model_inputs
+from ..tracing import last_logits
 from .common import batched
 
 
@@ -38,11 +38,6 @@ def paired_samples(samples: Sequence[Sample], pairs: Sequence[tuple[str, str]],
     return couples
 
 
-@torch.no_grad()
-def _last_logits(adapter: Adapter, batch) -> torch.Tensor:
-    return adapter.model(**model_inputs(adapter, batch), use_cache=False).logits[:, -1].float().cpu()
-
-
 def steering_profile(adapter: Adapter, couples: Sequence[tuple[Sample, Sample]], prompt: str, position: str,
                      site: str, layers: Sequence[int], batch_size: int = 16) -> pd.DataFrame:
     """Similarity and switch rate for every patched layer l (site 'resid': layer l only;
@@ -55,8 +50,8 @@ def steering_profile(adapter: Adapter, couples: Sequence[tuple[Sample, Sample]],
     for chunk in batched(list(couples), batch_size, desc=f"{adapter.model_id} · {site} · {position}"):
         base = adapter.build_batch([b.image for b, _ in chunk], [prompt] * len(chunk))
         target = adapter.build_batch([t.image for _, t in chunk], [prompt] * len(chunk))
-        p_base = torch.softmax(_last_logits(adapter, base), -1)
-        p_target = torch.softmax(_last_logits(adapter, target), -1)
+        p_base = torch.softmax(last_logits(adapter, base), -1)
+        p_target = torch.softmax(last_logits(adapter, target), -1)
         baseline_sum += float(np.sum(patching_similarity(p_base.numpy(), p_target.numpy())))
         base_pred, target_pred = p_base.argmax(-1), p_target.argmax(-1)
         switchable = base_pred != target_pred

@@ -47,11 +47,27 @@ class Adapter(ABC):
     eoi_convention: ClassVar[str] = "the family's end-of-image token"
 
     def __init__(self, model: torch.nn.Module, processor: Any, model_id: str | Path = "",
-                 checkpoint_dir: str | Path | None = None) -> None:
+                 checkpoint_dir: str | Path | None = None, remote: bool | str = False) -> None:
         self.model = model
         self.processor = processor
         self.model_id = str(model_id)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None and Path(checkpoint_dir).exists() else None
+        #: nnsight execution of traces: False (here), True / a host URL (NDIF; ``model`` holds no
+        #: weights, only its structure on the meta device) or "local" (nnsight's serialising
+        #: simulation of a remote run, on the local weights)
+        self.remote = remote
+
+    @property
+    def has_weights(self) -> bool:
+        """False for a remote adapter whose model lives on the meta device (weights on the server)."""
+        return not any(p.is_meta for p in self.model.parameters())
+
+    def require_weights(self, what: str) -> None:
+        """Raise a clear error when ``what`` needs local weights that a remote adapter lacks."""
+        if not self.has_weights:
+            raise ValueError(f"{what} runs the model locally, but {self.model_id or self.family} was loaded with "
+                             f"remote={self.remote!r} (no local weights). Only nnsight traces (residual and attention "
+                             "extraction, activation patching) run remotely; load with remote=False for this step.")
 
     @classmethod
     @abstractmethod
@@ -173,6 +189,7 @@ class Adapter(ABC):
     @torch.no_grad()
     def generate(self, batch: Batch, max_new_tokens: int = 20, **kwargs: Any) -> list[str]:
         """Greedy generation of the continuation of every prompt in ``batch``."""
+        self.require_weights("Generation")
         device = next(self.model.parameters()).device
         inputs = batch.to(device, self.model.dtype).inputs
         kwargs.setdefault("do_sample", False)

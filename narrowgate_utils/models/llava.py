@@ -117,11 +117,11 @@ class LlavaOnevisionAdapter(LlavaAdapter):
     model_types = ("llava_onevision",)
 
     def __init__(self, model: torch.nn.Module, processor: Any, model_id: str | Path = "",
-                 checkpoint_dir: str | Path | None = None) -> None:
+                 checkpoint_dir: str | Path | None = None, remote: bool | str = False) -> None:
         """Without torchvision ``AutoProcessor`` returns a bare tokenizer: rebuild an image-only processor."""
         from .processors import LlavaOnevisionImageOnlyProcessor, complete_processor
 
-        super().__init__(model, processor, model_id, checkpoint_dir)
+        super().__init__(model, processor, model_id, checkpoint_dir, remote)
         config, vision = model.config, model.config.vision_config
         self.processor = complete_processor(
             processor, checkpoint_dir or model_id,

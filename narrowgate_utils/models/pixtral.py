@@ -42,8 +42,8 @@ class PixtralAdapter(LlavaAdapter):
     eoi_convention = "the [IMG_END] token that closes every image"
 
     def __init__(self, model: torch.nn.Module, processor: Any, model_id: str | Path = "",
-                 checkpoint_dir: str | Path | None = None) -> None:
-        super().__init__(model, processor, model_id, checkpoint_dir)
+                 checkpoint_dir: str | Path | None = None, remote: bool | str = False) -> None:
+        super().__init__(model, processor, model_id, checkpoint_dir, remote)
         self.processor = complete_processor(
             processor, checkpoint_dir or model_id,
             lambda image_processor, tokenizer: PixtralImageOnlyProcessor(

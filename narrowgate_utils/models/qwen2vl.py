@@ -41,8 +41,8 @@ class Qwen2VLAdapter(Adapter):
     eoi_convention = "the <|vision_end|> token that closes every image"
 
     def __init__(self, model: torch.nn.Module, processor: Any, model_id: str | Path = "",
-                 checkpoint_dir: str | Path | None = None) -> None:
-        super().__init__(model, processor, model_id, checkpoint_dir)
+                 checkpoint_dir: str | Path | None = None, remote: bool | str = False) -> None:
+        super().__init__(model, processor, model_id, checkpoint_dir, remote)
         self.processor = complete_processor(processor, checkpoint_dir or model_id, Qwen2VLImageOnlyProcessor)
 
     @classmethod

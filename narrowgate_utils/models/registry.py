@@ -102,21 +102,36 @@ def load(
     device_map: str | dict | None = None,
     attn_implementation: str = "eager",
     trust_remote_code: bool = False,
+    remote: bool | str = False,
 ) -> Adapter:
     """Load a real checkpoint (hub id or local dir) or a toy-world model and wrap it in its adapter.
 
     ``attn_implementation='eager'`` is the default because post-softmax attention weights
     (and the post-softmax knockout) need it. Only safetensors weights are loaded;
     ``trust_remote_code`` stays off unless the caller passes ``True``.
+
+    ``remote`` sends every nnsight trace (residual / attention extraction, activation
+    patching) to a hosted backend: ``True`` for NDIF (configure the key with
+    ``nnsight.CONFIG.set_default_api_key``), or a host URL. The model is then built on the meta
+    device from its config (no weights are downloaded); steps that need local weights
+    (generation, knockout, fine-tuning) raise. ``"local"`` loads the weights and runs traces
+    through nnsight's serialising simulation of the remote path (a dry run, for testing).
     """
-    from transformers import AutoConfig, AutoProcessor, AutoTokenizer
+    from transformers import AutoConfig
 
     torch_dtype = resolve_dtype(dtype)
     if device_map is None:
         _check_device(device)
+    if not isinstance(remote, (bool, str)) or remote == "":
+        raise ValueError(f"remote must be False, True, 'local' or a host URL, got {remote!r}.")
     checkpoint = resolve_checkpoint(model_id)
     config = AutoConfig.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
     cls = adapter_class(family_of(config))
+    if remote and remote != "local":
+        with torch.device("meta"):
+            model = cls.model_class()._from_config(config, dtype=torch_dtype, attn_implementation=attn_implementation)
+        return cls(model.eval(), _load_processor(checkpoint, trust_remote_code), model_id, checkpoint_dir=checkpoint,
+                   remote=remote)
     model = cls.model_class().from_pretrained(
         checkpoint,
         dtype=torch_dtype,
@@ -128,8 +143,14 @@ def load(
     if device_map is None:
         model = model.to(device)
     model.eval()
+    return cls(model, _load_processor(checkpoint, trust_remote_code), model_id, checkpoint_dir=checkpoint, remote=remote)
+
+
+def _load_processor(checkpoint: str, trust_remote_code: bool) -> Any:
+    """The checkpoint's processor, or its tokenizer when it ships no processor (toy models)."""
+    from transformers import AutoProcessor, AutoTokenizer
+
     try:
-        processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
+        return AutoProcessor.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, TypeError, KeyError, ImportError):
-        processor = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
-    return cls(model, processor, model_id, checkpoint_dir=checkpoint)
+        return AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)

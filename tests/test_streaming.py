@@ -1,0 +1,68 @@
+"""Per-batch streamed, resumable extraction through the activation cache (tiny models, CPU)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from tiny_models import images, tiny
+
+from narrowgate_utils.data.sample import Sample
+from narrowgate_utils.experiments import attention, modality_gap, overlap
+
+PROMPT = "this animal is a"
+
+
+def samples(family: str, n: int) -> list[Sample]:
+    return [Sample(uid=f"s{i}", image=Image.fromarray(array), label=i % 2, class_name=f"c{i % 2}",
+                   captions=("a red shape", "a round thing"))
+            for i, array in enumerate(images(family, n, seed=3))]
+
+
+class KillAfter:
+    """Wraps a per-batch function; raises (like a killed job) once ``limit`` batches ran."""
+
+    def __init__(self, fn, limit: int | None = None) -> None:
+        self.fn, self.limit, self.calls = fn, limit, 0
+
+    def __call__(self, *args, **kwargs):
+        if self.limit is not None and self.calls >= self.limit:
+            raise KeyboardInterrupt("killed")
+        self.calls += 1
+        return self.fn(*args, **kwargs)
+
+
+@pytest.mark.parametrize("family", ["chameleon", "llava"])
+def test_killed_overlap_extraction_resumes_and_matches_the_in_memory_run(family, tmp_path, monkeypatch):
+    adapter, data = tiny(family), samples(family, 7)
+    layers = adapter.check_layers(None)
+    reference = overlap.collect_overlap_vectors(adapter, data, PROMPT, layers, max_internal=3, batch_size=3)
+    killed = KillAfter(overlap.overlap_batch, limit=2)
+    monkeypatch.setattr(overlap, "overlap_batch", killed)
+    with pytest.raises(KeyboardInterrupt):
+        overlap.overlap_vectors(adapter, data, PROMPT, layers, max_internal=3, batch_size=3, cache_dir=tmp_path)
+    resumed = KillAfter(killed.fn)
+    monkeypatch.setattr(overlap, "overlap_batch", resumed)
+    streamed = overlap.overlap_vectors(adapter, data, PROMPT, layers, max_internal=3, batch_size=3, cache_dir=tmp_path)
+    assert resumed.calls == 1  # 7 samples in batches of 3: only the third batch was left
+    assert streamed.keys() == reference.keys()
+    for name in reference:
+        np.testing.assert_allclose(streamed[name], reference[name], rtol=1e-5, atol=1e-6)
+    again = KillAfter(killed.fn, limit=0)  # a finished run needs no forward pass
+    monkeypatch.setattr(overlap, "overlap_batch", again)
+    overlap.overlap_vectors(adapter, data, PROMPT, layers, max_internal=3, batch_size=3, cache_dir=tmp_path)
+
+
+def test_streamed_modality_and_attention_match_the_in_memory_functions(tmp_path):
+    adapter, data = tiny("chameleon"), samples("chameleon", 5)
+    layers = adapter.check_layers(None)
+    image, text = modality_gap.collect_modality_vectors(adapter, data, layers, batch_size=2, seed=4)
+    streamed = modality_gap.modality_vectors(adapter, data, layers, batch_size=2, seed=4, cache_dir=tmp_path)
+    np.testing.assert_allclose(streamed["image"], image, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(streamed["text"], text, rtol=1e-5, atol=1e-6)
+    assert image.shape[:2] == (len(layers), 5)
+    mean, names, groups = attention.mean_attention_profile(adapter, data, PROMPT, layers, batch_size=2)
+    cached, cached_names, cached_groups = attention.attention_profile(adapter, data, PROMPT, layers, batch_size=2,
+                                                                      cache_dir=tmp_path)
+    np.testing.assert_allclose(cached, mean, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(mean.sum(axis=1), 1.0, rtol=1e-6)
+    assert (cached_names, cached_groups) == (names, groups)
