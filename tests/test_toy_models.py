@@ -43,7 +43,12 @@ def _meta(directory) -> dict:
 
 def test_same_seed_same_weights(tmp_path):
     a = load_file(_train(tmp_path / "a", "toy-native", "chameleon", steps=5) / "model.safetensors")
-    b = load_file(_train(tmp_path / "b", "toy-native", "chameleon", steps=5) / "model.safetensors")
+    torch.set_num_threads(2)  # training pins one thread, so the caller's setting does not matter
+    try:
+        b = load_file(_train(tmp_path / "b", "toy-native", "chameleon", steps=5) / "model.safetensors")
+        assert torch.get_num_threads() == 2  # and restores it
+    finally:
+        torch.set_num_threads(1)
     c = load_file(_train(tmp_path / "c", "toy-native", "chameleon", steps=5, seed=1) / "model.safetensors")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -53,12 +58,15 @@ def test_same_seed_same_weights(tmp_path):
 def test_short_run_lowers_loss_and_reload_reproduces_logits(tmp_path):
     from transformers import AutoTokenizer, ChameleonForConditionalGeneration
 
-    directory = _train(tmp_path, "toy-native", "chameleon", steps=60)
+    directory = _train(tmp_path, "toy-native", "chameleon", steps=60, tie_embeddings=True)
     meta = _meta(directory)
     losses = [row[1] for row in meta["curve"]]
     assert losses[-1] < 0.7 * losses[0]
     assert meta["parameters"]["language_model"] < meta["parameters"]["total"]
     model = ChameleonForConditionalGeneration.from_pretrained(directory, attn_implementation="eager").eval()
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # tied, as trained
+    with pytest.raises(ValueError, match="chameleon family only"):
+        ToyRecipe("x", "llava", tie_embeddings=True, tasks=(("vqa", 1.0),))
     reference = meta["reference"]
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([reference["input_ids"]])).logits[0, -1]
