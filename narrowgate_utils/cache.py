@@ -198,7 +198,8 @@ class ActivationStore:
                                  "compute_part must return the same arrays, differing only along that axis.")
             total = list(first["shape"])
             total[axis] = sum(shape[axis] for shape in shapes)
-            out[name] = np.empty(total, dtype=np.dtype(first["dtype"]))
+            # strings: the widest part's width, so no text is cut
+            out[name] = np.empty(total, dtype=np.result_type(*[np.dtype(record[name]["dtype"]) for record in records]))
         offsets = dict.fromkeys(out, 0)
         for key in keys:
             for name, array in self.load(key).items():

@@ -156,3 +156,11 @@ def test_parts_that_do_not_line_up_are_rejected(tmp_path):
         store.get_or_compute_parts(make_key("m", "toy"), 2, ragged.__getitem__, axis=0)
     with pytest.raises(ValueError, match="n_parts must be >= 1"):
         store.get_or_compute_parts(make_key("m", "toy"), 0, ragged.__getitem__)
+
+
+def test_string_parts_keep_their_full_width(tmp_path):
+    store = ActivationStore(tmp_path)
+    texts = {0: {"text": np.array(["a", "bb"])}, 1: {"text": np.array(["a much longer answer"])}}
+    out = store.get_or_compute_parts(make_key("m", "toy", what="texts"), 2, texts.__getitem__)
+    assert out["text"].tolist() == ["a", "bb", "a much longer answer"]
+    assert store.load(make_key("m", "toy", what="texts"))["text"].tolist() == out["text"].tolist()

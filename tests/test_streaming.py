@@ -7,7 +7,7 @@ from PIL import Image
 from tiny_models import images, tiny
 
 from narrowgate_utils.data.sample import Sample
-from narrowgate_utils.experiments import attention, modality_gap, overlap
+from narrowgate_utils.experiments import attention, knockout, modality_gap, overlap
 
 PROMPT = "this animal is a"
 
@@ -66,3 +66,23 @@ def test_streamed_modality_and_attention_match_the_in_memory_functions(tmp_path)
     np.testing.assert_allclose(cached, mean, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(mean.sum(axis=1), 1.0, rtol=1e-6)
     assert (cached_names, cached_groups) == (names, groups)
+
+
+def test_killed_knockout_generation_resumes_with_the_same_random_draws(tmp_path, monkeypatch):
+    adapter, data = tiny("chameleon"), samples("chameleon", 5)
+    layers, prompts = adapter.check_layers(None), [PROMPT] * 5
+    run = dict(ablation="random", layers=layers, seed=3, max_new_tokens=3, batch_size=2, n_random=2)
+    reference = knockout.generate_under_knockout(adapter, data, prompts, **run)
+    killed = KillAfter(adapter.generate, limit=2)
+    monkeypatch.setattr(adapter, "generate", killed)
+    with pytest.raises(KeyboardInterrupt):
+        knockout.generate_under_knockout(adapter, data, prompts, cache=tmp_path, **run)
+    resumed = KillAfter(killed.fn)
+    monkeypatch.setattr(adapter, "generate", resumed)
+    assert knockout.generate_under_knockout(adapter, data, prompts, cache=tmp_path, **run) == reference
+    assert resumed.calls == 1  # batches of 2: the third (last) batch was the only one left
+    vectors = knockout.last_token_vectors(adapter, data, PROMPT, "random", layers, seed=3, batch_size=2, n_random=2)
+    cached = knockout.last_token_vectors(adapter, data, PROMPT, "random", layers, seed=3, batch_size=2, n_random=2,
+                                         cache=tmp_path)
+    np.testing.assert_allclose(cached, vectors, rtol=1e-5, atol=1e-6)
+    assert vectors.shape == (5, adapter.model.config.get_text_config().hidden_size)

@@ -22,7 +22,7 @@ from ..layout import Batch
 from ..metrics import cider, classification_accuracy, neighborhood_overlap, vqa_accuracy_batch
 from ..models.base import Adapter
 from ..tracing import collect_residual
-from .common import CAPTION_PROMPT, VQA_PROMPT, batched
+from .common import CAPTION_PROMPT, VQA_PROMPT, batched, cached_batches
 
 #: ablation name -> what it blocks (key positions) for text queries
 ABLATIONS = {
@@ -57,56 +57,83 @@ def _knockout(adapter: Adapter, batch: Batch, ablation: str, layers: Sequence[in
     return knockout_attention(adapter, batch, sources, "text", layers, mode)
 
 
-def generate_under_knockout(adapter: Adapter, images: Sequence, prompts: Sequence[str], ablation: str,
-                            layers: Sequence[int], rng: np.random.Generator, max_new_tokens: int,
-                            batch_size: int, mode: str = "post_softmax", desc: str = "", n_random: int = 10) -> list[str]:
-    """Greedy completions of image-first prompts with the ablation active at every generation step."""
-    outputs: list[str] = []
-    for chunk in batched(list(zip(images, prompts)), batch_size, desc=desc):
-        batch = adapter.build_batch([image for image, _ in chunk], [prompt for _, prompt in chunk])
-        with _knockout(adapter, batch, ablation, layers, rng, mode, n_random):
-            outputs.extend(adapter.generate(batch, max_new_tokens=max_new_tokens))
-    return outputs
+#: where per-batch results go: False (kept in memory only), True (the default activation cache)
+#: or a folder; see :func:`~narrowgate_utils.experiments.common.cached_batches`
+Cache = bool | str | Path
+
+
+def _per_batch(adapter: Adapter, samples: Sequence[Sample], what: str, params: dict, run, batch_size: int,
+               cache: Cache, desc: str) -> dict[str, np.ndarray]:
+    """``run(i, batch)`` over the batches of ``samples``, concatenated along axis 0; with ``cache``
+    every finished batch is stored at once, so a killed run resumes at the first unfinished one."""
+    if cache is False:
+        parts = [run(i, chunk) for i, chunk in enumerate(batched(samples, batch_size, desc=desc))]
+        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+    return cached_batches(adapter, samples, what, params, run, batch_size, axis=0,
+                          cache_dir=None if cache is True else cache)
+
+
+def generate_under_knockout(adapter: Adapter, samples: Sequence[Sample], prompts: Sequence[str], ablation: str,
+                            layers: Sequence[int], seed: int, max_new_tokens: int, batch_size: int,
+                            mode: str = "post_softmax", desc: str = "", n_random: int = 10,
+                            cache: Cache = False) -> list[str]:
+    """Greedy completions of image-first prompts (one per sample) with the ablation active at every
+    generation step. Batch ``i`` draws its random positions with ``default_rng([seed, i])``."""
+    if len(prompts) != len(samples):
+        raise ValueError(f"{len(prompts)} prompts for {len(samples)} samples; give one prompt per sample.")
+
+    def run(i: int, chunk: list[Sample]) -> dict[str, np.ndarray]:
+        start = i * batch_size
+        batch = adapter.build_batch([s.image for s in chunk], list(prompts[start:start + len(chunk)]))
+        with _knockout(adapter, batch, ablation, layers, np.random.default_rng([seed, i]), mode, n_random):
+            return {"text": np.array(adapter.generate(batch, max_new_tokens=max_new_tokens), dtype=np.str_)}
+
+    params = {"prompts": list(prompts), "ablation": ablation, "layers": list(layers), "seed": seed, "mode": mode,
+              "n_random": n_random, "max_new_tokens": max_new_tokens}
+    return _per_batch(adapter, samples, "knockout_generation", params, run, batch_size, cache, desc)["text"].tolist()
 
 
 def last_token_vectors(adapter: Adapter, samples: Sequence[Sample], prompt: str, ablation: str, layers: Sequence[int],
-                       rng: np.random.Generator, batch_size: int, mode: str = "post_softmax",
-                       n_random: int = 10) -> np.ndarray:
+                       seed: int, batch_size: int, mode: str = "post_softmax", n_random: int = 10,
+                       cache: Cache = False) -> np.ndarray:
     """Last-layer residual at the last token of the class prompt under the ablation, [n, d]."""
-    parts = []
     last = adapter.num_layers - 1
-    for chunk in batched(samples, batch_size):
+
+    def run(i: int, chunk: list[Sample]) -> dict[str, np.ndarray]:
         batch = adapter.build_batch([s.image for s in chunk], [prompt] * len(chunk))
-        with _knockout(adapter, batch, ablation, layers, rng, mode, n_random):
-            parts.append(collect_residual(adapter, batch, "text_last", layers=[last])[0, :, 0])
-    return np.concatenate([p.numpy() for p in parts])
+        with _knockout(adapter, batch, ablation, layers, np.random.default_rng([seed, i]), mode, n_random):
+            return {"vectors": collect_residual(adapter, batch, "text_last", layers=[last])[0, :, 0].numpy()}
+
+    params = {"prompt": prompt, "ablation": ablation, "layers": list(layers), "seed": seed, "mode": mode,
+              "n_random": n_random}
+    return _per_batch(adapter, samples, "knockout_last_token", params, run, batch_size, cache, "")["vectors"]
 
 
 def evaluate_tasks(adapter: Adapter, samples: Sequence[Sample], tasks: Sequence[str], ablation: str,
                    layers: Sequence[int], class_prompt: str, class_names: Sequence[str], seed: int = 0,
                    k: int = 30, batch_size: int = 16, max_new_tokens: dict[str, int] | None = None,
-                   mode: str = "post_softmax", n_random: int = 10) -> dict[str, float]:
+                   mode: str = "post_softmax", n_random: int = 10, cache: Cache = False) -> dict[str, float]:
     """Scores of one ablation on every task (``n_random``: image tokens blocked by "random"). Image i is asked its question number i mod (its
-    number of questions), so all question types are covered with one question per image."""
+    number of questions), so all question types are covered with one question per image. With
+    ``cache`` the generations and vectors of every batch are stored as they finish (resumable)."""
     budget = {"vqa": 20, "caption": 60, "classification": 10, **(max_new_tokens or {})}
-    rng = np.random.default_rng(seed)
-    images = [s.image for s in samples]
     desc = f"{adapter.model_id} · {ablation}"
+    common = {"seed": seed, "batch_size": batch_size, "mode": mode, "n_random": n_random, "cache": cache}
     scores: dict[str, float] = {}
     if "vqa" in tasks:
         items = [s.vqa[i % len(s.vqa)] for i, s in enumerate(samples)]
-        answers = generate_under_knockout(adapter, images, [VQA_PROMPT.format(question=i.question) for i in items],
-                                          ablation, layers, rng, budget["vqa"], batch_size, mode, desc + " · vqa", n_random)
+        answers = generate_under_knockout(adapter, samples, [VQA_PROMPT.format(question=i.question) for i in items],
+                                          ablation, layers, max_new_tokens=budget["vqa"], desc=desc + " · vqa", **common)
         scores["vqa_accuracy"] = float(vqa_accuracy_batch(answers, [i.answers for i in items]).mean())
     if "caption" in tasks:
-        captions = generate_under_knockout(adapter, images, [CAPTION_PROMPT] * len(samples), ablation, layers, rng,
-                                           budget["caption"], batch_size, mode, desc + " · caption", n_random)
+        captions = generate_under_knockout(adapter, samples, [CAPTION_PROMPT] * len(samples), ablation, layers,
+                                           max_new_tokens=budget["caption"], desc=desc + " · caption", **common)
         scores["cider"] = cider(captions, [list(s.captions) for s in samples])
     if "classification" in tasks:
-        completions = generate_under_knockout(adapter, images, [class_prompt] * len(samples), ablation, layers, rng,
-                                              budget["classification"], batch_size, mode, desc + " · class", n_random)
+        completions = generate_under_knockout(adapter, samples, [class_prompt] * len(samples), ablation, layers,
+                                              max_new_tokens=budget["classification"], desc=desc + " · class", **common)
         scores["class_accuracy"] = classification_accuracy(completions, [s.class_name for s in samples], class_names)
-        vectors = last_token_vectors(adapter, samples, class_prompt, ablation, layers, rng, batch_size, mode, n_random)
+        vectors = last_token_vectors(adapter, samples, class_prompt, ablation, layers, **common)
         scores["chi_out"] = neighborhood_overlap(vectors, [s.label for s in samples], k=k)
     return scores
 
@@ -130,13 +157,13 @@ def knockout_table(adapter: Adapter, samples: Sequence[Sample], tasks: Sequence[
 
 def progressive_knockout(adapter: Adapter, samples: Sequence[Sample], class_prompt: str, step: int,
                          ablations: Sequence[str] = ("eoi", "img_to_text"), k: int = 30, batch_size: int = 16,
-                         seed: int = 0, mode: str = "post_softmax") -> pd.DataFrame:
+                         seed: int = 0, mode: str = "post_softmax", cache: Cache = False) -> pd.DataFrame:
     """Fig. 5: χ^{out,gt} when the last ``w`` layers are knocked out, w = 0, step, 2·step, …, L."""
     n_layers = adapter.num_layers
     windows = sorted({*range(0, n_layers, step), n_layers})
     labels = [s.label for s in samples]
-    rng = np.random.default_rng(seed)
-    baseline = neighborhood_overlap(last_token_vectors(adapter, samples, class_prompt, "none", [], rng, batch_size), labels, k=k)
+    baseline = neighborhood_overlap(last_token_vectors(adapter, samples, class_prompt, "none", [], seed, batch_size,
+                                                       cache=cache), labels, k=k)
     rows = []
     for ablation in ablations:
         for window in windows:
@@ -144,7 +171,8 @@ def progressive_knockout(adapter: Adapter, samples: Sequence[Sample], class_prom
                 chi = baseline
             else:
                 layers = list(range(n_layers - window, n_layers))
-                vectors = last_token_vectors(adapter, samples, class_prompt, ablation, layers, rng, batch_size, mode)
+                vectors = last_token_vectors(adapter, samples, class_prompt, ablation, layers, seed, batch_size, mode,
+                                             cache=cache)
                 chi = neighborhood_overlap(vectors, labels, k=k)
             rows.append({"ablation": ablation, "window": window, "chi": chi})
     return pd.DataFrame(rows)
