@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from .atomic import atomic_path
 from .data.sample import Sample
-from .experiments.common import CAPTION_PROMPT, CLASS_PROMPTS, VQA_PROMPT
+from .experiments.common import CAPTION_PROMPT, CLASS_PROMPTS, VQA_PROMPT, model_fingerprint
 from .interventions import knockout_attention
 from .layout import Batch
 from .models.base import Adapter
@@ -325,7 +325,11 @@ def _fingerprint(adapter: Adapter, examples: Sequence[TrainingExample], config: 
         digest.update(json.dumps([e.uid, e.task, e.prompt, e.target]).encode())
         digest.update(e.image.tobytes())
     settings = {k: v for k, v in asdict(config).items() if k not in _RESUMABLE_FIELDS}
-    return {"model_id": adapter.model_id, "examples": digest.hexdigest(), "n_examples": len(examples), "config": settings}
+    # the weights too (config + safetensors size/mtime of a local checkpoint): a retrained model
+    # must not pick up the adapter of its predecessor; JSON round trip = the form saved in the log
+    weights = json.loads(json.dumps(model_fingerprint(adapter)))
+    return {"model_id": adapter.model_id, "weights": weights, "examples": digest.hexdigest(), "n_examples": len(examples),
+            "config": settings}
 
 
 # ------------------------------------------------------------------------ checkpoints

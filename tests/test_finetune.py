@@ -218,3 +218,18 @@ def test_instruction_and_vqa_mix_from_the_real_layouts(tmp_path):
     out = finetune_lora(adapter, train, quick(max_steps=2), tmp_path / "run", progress=False)
     log = json.loads((out / TRAINING_LOG).read_text())
     assert log["mix"] == {"instruction": 4, "vqa": 5} and log["steps"] == 2
+
+
+def test_a_retrained_base_model_does_not_pick_up_the_old_adapter(samples, tmp_path):
+    from narrowgate_utils import models
+
+    original = tiny("chameleon")
+    checkpoint = tmp_path / "checkpoint"
+    original.model.save_pretrained(checkpoint)
+    original.processor.save_pretrained(checkpoint)
+    finetune_lora(models.load(checkpoint), samples[:6], quick(max_steps=1), tmp_path / "run", progress=False)
+    # same model id and data, rewritten weights (as after retraining a toy model)
+    finetune_lora(models.load(checkpoint), samples[:6], quick(max_steps=1), tmp_path / "run", progress=False)
+    original.model.save_pretrained(checkpoint)
+    with pytest.raises(ValueError, match="different model, examples or config"):
+        finetune_lora(models.load(checkpoint), samples[:6], quick(max_steps=1), tmp_path / "run", progress=False)

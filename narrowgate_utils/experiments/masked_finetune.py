@@ -15,20 +15,23 @@ import pandas as pd
 
 from ..data.sample import Sample
 from ..finetune import FinetuneConfig, finetune_lora, load_finetuned, read_training_log
+from ..cache import key_hash
 from ..models.base import Adapter
 from . import attention, knockout, overlap
+from .common import model_fingerprint
 
 VARIANTS = ("before", "masked", "control")
 
 
 def finetune_both(adapter: Adapter, train_samples: Sequence[Sample], config: FinetuneConfig, run_dir: str | Path,
                   class_prompt: str, mix: Sequence[str] | None = None) -> dict[str, Path]:
-    """The masked and the control LoRA runs (resumable; finished runs are reused).
+    """The masked and the control LoRA runs (resumable; finished runs are reused), saved under
+    ``run_dir/<hash of the base weights>/{masked,control}`` so a retrained base model starts afresh.
 
     ``mix=None`` trains on every task the samples have data for (toy: VQA, captions, classes;
     LLaVA-Instruct + VQAv2: instructions and VQA, the paper's mix).
     """
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir) / key_hash(model_fingerprint(adapter))[:12]
     return {name: finetune_lora(adapter, train_samples, replace(config, mask_eoi=(name == "masked")), run_dir / name,
                                 mix=mix, class_prompt=class_prompt)
             for name in ("masked", "control")}
