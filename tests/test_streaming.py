@@ -7,7 +7,7 @@ from PIL import Image
 from tiny_models import images, tiny
 
 from narrowgate_utils.data.sample import Sample
-from narrowgate_utils.experiments import attention, knockout, modality_gap, overlap
+from narrowgate_utils.experiments import attention, knockout, modality_gap, overlap, steering
 
 PROMPT = "this animal is a"
 
@@ -86,3 +86,21 @@ def test_killed_knockout_generation_resumes_with_the_same_random_draws(tmp_path,
                                          cache=tmp_path)
     np.testing.assert_allclose(cached, vectors, rtol=1e-5, atol=1e-6)
     assert vectors.shape == (5, adapter.model.config.get_text_config().hidden_size)
+
+
+def test_killed_steering_sweep_resumes_and_matches(tmp_path, monkeypatch):
+    adapter, data = tiny("chameleon"), samples("chameleon", 6)
+    couples = list(zip(data[:3], data[3:]))
+    reference = steering.steering_profile(adapter, couples, PROMPT, "eoi", "resid", [0, 1], batch_size=2)
+    killed = KillAfter(steering.patch_activation, limit=2)  # the first batch patches layers 0 and 1
+    monkeypatch.setattr(steering, "patch_activation", killed)
+    with pytest.raises(KeyboardInterrupt):
+        steering.steering_profile(adapter, couples, PROMPT, "eoi", "resid", [0, 1], batch_size=2, cache=tmp_path)
+    resumed = KillAfter(killed.fn)
+    monkeypatch.setattr(steering, "patch_activation", resumed)
+    streamed = steering.steering_profile(adapter, couples, PROMPT, "eoi", "resid", [0, 1], batch_size=2, cache=tmp_path)
+    assert resumed.calls == 2  # only the second batch (one pair, two layers) was left
+    assert list(streamed.layer) == [0, 1] and 0 <= streamed.similarity.min() <= streamed.similarity.max() <= 1
+    np.testing.assert_allclose(streamed[["similarity", "baseline"]].to_numpy(), reference[["similarity", "baseline"]].to_numpy(),
+                               rtol=1e-5)
+    assert streamed.switch_rate.equals(reference.switch_rate)

@@ -22,7 +22,7 @@ from ..layout import Batch
 from ..metrics import cider, classification_accuracy, neighborhood_overlap, vqa_accuracy_batch
 from ..models.base import Adapter
 from ..tracing import collect_residual
-from .common import CAPTION_PROMPT, VQA_PROMPT, batched, cached_batches
+from .common import CAPTION_PROMPT, VQA_PROMPT, Cache, batched, per_batch
 
 #: ablation name -> what it blocks (key positions) for text queries
 ABLATIONS = {
@@ -57,22 +57,6 @@ def _knockout(adapter: Adapter, batch: Batch, ablation: str, layers: Sequence[in
     return knockout_attention(adapter, batch, sources, "text", layers, mode)
 
 
-#: where per-batch results go: False (kept in memory only), True (the default activation cache)
-#: or a folder; see :func:`~narrowgate_utils.experiments.common.cached_batches`
-Cache = bool | str | Path
-
-
-def _per_batch(adapter: Adapter, samples: Sequence[Sample], what: str, params: dict, run, batch_size: int,
-               cache: Cache, desc: str) -> dict[str, np.ndarray]:
-    """``run(i, batch)`` over the batches of ``samples``, concatenated along axis 0; with ``cache``
-    every finished batch is stored at once, so a killed run resumes at the first unfinished one."""
-    if cache is False:
-        parts = [run(i, chunk) for i, chunk in enumerate(batched(samples, batch_size, desc=desc))]
-        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
-    return cached_batches(adapter, samples, what, params, run, batch_size, axis=0,
-                          cache_dir=None if cache is True else cache)
-
-
 def generate_under_knockout(adapter: Adapter, samples: Sequence[Sample], prompts: Sequence[str], ablation: str,
                             layers: Sequence[int], seed: int, max_new_tokens: int, batch_size: int,
                             mode: str = "post_softmax", desc: str = "", n_random: int = 10,
@@ -90,7 +74,7 @@ def generate_under_knockout(adapter: Adapter, samples: Sequence[Sample], prompts
 
     params = {"prompts": list(prompts), "ablation": ablation, "layers": list(layers), "seed": seed, "mode": mode,
               "n_random": n_random, "max_new_tokens": max_new_tokens}
-    return _per_batch(adapter, samples, "knockout_generation", params, run, batch_size, cache, desc)["text"].tolist()
+    return per_batch(adapter, samples, "knockout_generation", params, run, batch_size, cache, desc)["text"].tolist()
 
 
 def last_token_vectors(adapter: Adapter, samples: Sequence[Sample], prompt: str, ablation: str, layers: Sequence[int],
@@ -106,7 +90,7 @@ def last_token_vectors(adapter: Adapter, samples: Sequence[Sample], prompt: str,
 
     params = {"prompt": prompt, "ablation": ablation, "layers": list(layers), "seed": seed, "mode": mode,
               "n_random": n_random}
-    return _per_batch(adapter, samples, "knockout_last_token", params, run, batch_size, cache, "")["vectors"]
+    return per_batch(adapter, samples, "knockout_last_token", params, run, batch_size, cache, "")["vectors"]
 
 
 def evaluate_tasks(adapter: Adapter, samples: Sequence[Sample], tasks: Sequence[str], ablation: str,

@@ -20,7 +20,7 @@ from ..interventions import patch_activation
 from ..metrics import patching_similarity
 from ..models.base import Adapter
 from ..tracing import last_logits
-from .common import batched
+from .common import Cache, per_batch
 
 
 def paired_samples(samples: Sequence[Sample], pairs: Sequence[tuple[str, str]],
@@ -39,28 +39,37 @@ def paired_samples(samples: Sequence[Sample], pairs: Sequence[tuple[str, str]],
 
 
 def steering_profile(adapter: Adapter, couples: Sequence[tuple[Sample, Sample]], prompt: str, position: str,
-                     site: str, layers: Sequence[int], batch_size: int = 16) -> pd.DataFrame:
+                     site: str, layers: Sequence[int], batch_size: int = 16, cache: Cache = False) -> pd.DataFrame:
     """Similarity and switch rate for every patched layer l (site 'resid': layer l only;
     'attn_in': layers l..L-1). ``position`` is a fixed named position ("eoi", "last_image",
-    "image_index:N"), resolved in the base and the target image alike."""
+    "image_index:N"), resolved in the base and the target image alike. With ``cache`` the
+    per-pair results of every batch are stored as they finish (a killed run resumes)."""
     n_layers = adapter.num_layers
     layers = adapter.check_layers(layers)
-    totals = {layer: [0.0, 0, 0] for layer in layers}  # similarity sum, switches, switchable pairs
-    baseline_sum = 0.0
-    for chunk in batched(list(couples), batch_size, desc=f"{adapter.model_id} · {site} · {position}"):
+
+    def run(i: int, chunk: list[tuple[Sample, Sample]]) -> dict[str, np.ndarray]:
         base = adapter.build_batch([b.image for b, _ in chunk], [prompt] * len(chunk))
         target = adapter.build_batch([t.image for _, t in chunk], [prompt] * len(chunk))
         p_base = torch.softmax(last_logits(adapter, base), -1)
         p_target = torch.softmax(last_logits(adapter, target), -1)
-        baseline_sum += float(np.sum(patching_similarity(p_base.numpy(), p_target.numpy())))
-        base_pred, target_pred = p_base.argmax(-1), p_target.argmax(-1)
-        switchable = base_pred != target_pred
+        target_pred = p_target.argmax(-1)
+        similarity, switched = [], []
         for layer in layers:
             patched_layers = [layer] if site == "resid" else list(range(layer, n_layers))
             q = torch.softmax(patch_activation(adapter, base, target, position, patched_layers, site), -1)
-            totals[layer][0] += float(np.sum(patching_similarity(q.numpy(), p_target.numpy())))
-            totals[layer][1] += int(((q.argmax(-1) == target_pred) & switchable).sum())
-            totals[layer][2] += int(switchable.sum())
+            similarity.append(patching_similarity(q.numpy(), p_target.numpy()))
+            switched.append((q.argmax(-1) == target_pred).numpy())
+        return {"baseline": patching_similarity(p_base.numpy(), p_target.numpy()),
+                "switchable": (p_base.argmax(-1) != target_pred).numpy(),
+                "similarity": np.stack(similarity, axis=1), "switched": np.stack(switched, axis=1)}  # [B, n_layers]
+
+    params = {"prompt": prompt, "position": position, "site": site, "layers": list(layers)}
+    pairs = per_batch(adapter, list(couples), "steering", params, run, batch_size, cache,
+                      f"{adapter.model_id} · {site} · {position}", ids=[f"{b.uid}>{t.uid}" for b, t in couples])
+    switchable = pairs["switchable"].astype(bool)
+    totals = {layer: (float(pairs["similarity"][:, j].sum()), int((pairs["switched"][:, j] & switchable).sum()),
+                      int(switchable.sum())) for j, layer in enumerate(layers)}
+    baseline_sum = float(pairs["baseline"].sum())
     n = len(couples)
     return pd.DataFrame([{
         "site": site, "position": position, "layer": layer, "relative_depth": layer / max(n_layers - 1, 1),
