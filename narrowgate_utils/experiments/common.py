@@ -11,7 +11,6 @@ import torch
 from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
-    from ..data.sample import Sample
     from ..models.base import Adapter
 
 T = TypeVar("T")

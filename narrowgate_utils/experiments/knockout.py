@@ -22,7 +22,7 @@ from ..layout import Batch
 from ..metrics import cider, classification_accuracy, neighborhood_overlap, vqa_accuracy_batch
 from ..models.base import Adapter
 from ..tracing import collect_residual
-from .common import CAPTION_PROMPT, VQA_PROMPT, Cache, batched, per_batch
+from .common import CAPTION_PROMPT, VQA_PROMPT, Cache, per_batch
 
 #: ablation name -> what it blocks (key positions) for text queries
 ABLATIONS = {

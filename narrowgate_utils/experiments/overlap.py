@@ -12,7 +12,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ..data.sample import Sample
 from ..layout import TokenLayout
