@@ -308,6 +308,24 @@ def test_load_rejects_bad_dtype_and_device(saved) -> None:
             load(path, device="cuda")
 
 
+def test_device_auto_means_device_map_auto(saved, monkeypatch: pytest.MonkeyPatch) -> None:
+    from transformers import ChameleonForConditionalGeneration
+
+    original, path = saved("chameleon")
+    seen: dict = {}
+    real = ChameleonForConditionalGeneration.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        seen.update(kwargs)
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(ChameleonForConditionalGeneration, "from_pretrained", classmethod(spy))
+    sharded = load(path, device="auto")  # accelerate: every visible GPU, else the CPU
+    assert seen["device_map"] == "auto"
+    if not torch.cuda.is_available():  # everything on the CPU: the very same model
+        assert_same_model(original, sharded, "chameleon")
+
+
 def test_load_is_safe_by_default(saved, tmp_path) -> None:
     assert inspect.signature(load).parameters["trust_remote_code"].default is False
     original, path = saved("llava")

@@ -67,7 +67,8 @@ def _check_device(device: str) -> None:
     try:
         parsed = torch.device(device)
     except RuntimeError as error:
-        raise ValueError(f"Unknown device '{device}'; use 'cpu', 'cuda', 'cuda:N' or 'mps'.") from error
+        raise ValueError(f"Unknown device '{device}'; use 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto' (shard over the "
+                         "visible GPUs).") from error
     if parsed.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device='{device}' was requested but no CUDA GPU is available; use device='cpu'.")
 
@@ -108,7 +109,9 @@ def load(
 
     ``attn_implementation='eager'`` is the default because post-softmax attention weights
     (and the post-softmax knockout) need it. Only safetensors weights are loaded;
-    ``trust_remote_code`` stays off unless the caller passes ``True``.
+    ``trust_remote_code`` stays off unless the caller passes ``True``. ``device="auto"`` is
+    short for ``device_map="auto"`` (accelerate shards the model over the visible GPUs, e.g. a
+    34B model; the notebooks take it as ``-p device auto``).
 
     ``remote`` sends every nnsight trace (residual / attention extraction, activation
     patching) to a hosted backend: ``True`` for NDIF (configure the key with
@@ -120,6 +123,8 @@ def load(
     from transformers import AutoConfig
 
     torch_dtype = resolve_dtype(dtype)
+    if device == "auto" and device_map is None:
+        device_map = "auto"
     if device_map is None:
         _check_device(device)
     if not isinstance(remote, (bool, str)) or remote == "":
