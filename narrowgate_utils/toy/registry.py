@@ -88,6 +88,18 @@ def toy_report(names: tuple[str, ...] = TOY_MODEL_NAMES) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def toy_vqa_by_question(names: tuple[str, ...] = TOY_MODEL_NAMES) -> pd.DataFrame:
+    """Test VQA accuracy per question kind (colour, shape, position, size, yes/no): models x kinds,
+    plus "tied embeddings" (whether the model shares its input and output embeddings)."""
+    rows = {}
+    for name in names:
+        meta = read_toy_metadata(name)
+        if meta is not None:
+            rows[name] = {**meta.get("test_metrics", {}).get("vqa_accuracy_by_question", {}),
+                          "tied embeddings": bool(meta["recipe"].get("tie_embeddings", False))}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("model")
+
+
 def toy_training_curves(names: tuple[str, ...] = TOY_MODEL_NAMES) -> pd.DataFrame:
     """Loss curves of the trained toy models: (model, stage, step, loss), stage = 'main' or 'text_pretraining'."""
     frames = []
