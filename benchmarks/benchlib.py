@@ -225,6 +225,14 @@ def write_section(name: str, body: str, path: Path = RESULTS) -> Path:
     return path
 
 
+def publish(name: str, section: str, args: argparse.Namespace) -> int:
+    """Write ``section`` into ``args.results`` (see :func:`write_section`), print it; the exit code."""
+    path = write_section(name, section, args.results)
+    print(section)
+    print(f"wrote {path}")
+    return 0
+
+
 def base_parser(description: str) -> argparse.ArgumentParser:
     """Parser with the options every script shares: ``--quick``, ``--repeats``, ``--results``."""
     parser = argparse.ArgumentParser(description=description)

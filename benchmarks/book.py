@@ -122,11 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.steps = args.steps or ([s for s in STEPS if s != "clean"] if args.quick else list(STEPS))
     benchlib.setup(args)
-    section = run(args)
-    path = benchlib.write_section("book", section, args.results)
-    print(section)
-    print(f"wrote {path}")
-    return 0
+    return benchlib.publish("book", run(args), args)
 
 
 if __name__ == "__main__":

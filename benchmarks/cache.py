@@ -80,11 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.samples = args.samples or (16 if args.quick else 64)
     benchlib.setup(args)
-    section = run(args)
-    path = benchlib.write_section("cache", section, args.results)
-    print(section)
-    print(f"wrote {path}")
-    return 0
+    return benchlib.publish("cache", run(args), args)
 
 
 if __name__ == "__main__":

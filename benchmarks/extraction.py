@@ -165,11 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.batch_size = args.batch_size or (4 if args.quick else 8)
     args.models = default_models() if args.model == "auto" else args.model.split(",")
     benchlib.setup(args)
-    section = run(args)
-    path = benchlib.write_section("extraction", section, args.results)
-    print(section)
-    print(f"wrote {path}")
-    return 0
+    return benchlib.publish("extraction", run(args), args)
 
 
 if __name__ == "__main__":

@@ -131,11 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.depths[1] <= args.depths[0]:
         raise ValueError(f"--depths must be increasing, got {args.depths}.")
     benchlib.setup(args)
-    section = run(args)
-    path = benchlib.write_section("gpu", section, args.results)
-    print(section)
-    print(f"wrote {path}")
-    return 0
+    return benchlib.publish("gpu", run(args), args)
 
 
 if __name__ == "__main__":

@@ -150,11 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(worker(args)))
         return 0
     args.sizes = args.sizes or ([16, 64, 256] if args.quick else [64, 256, 1024])
-    section = run(args)
-    path = benchlib.write_section("memory", section, args.results)
-    print(section)
-    print(f"wrote {path}")
-    return 0
+    return benchlib.publish("memory", run(args), args)
 
 
 if __name__ == "__main__":
