@@ -129,12 +129,13 @@ Cache = bool | str | Path
 
 def per_batch(adapter: "Adapter", items: Sequence, what: str, params: dict[str, object],
               run: Callable[[int, list], dict[str, np.ndarray]], batch_size: int, cache: Cache = False,
-              desc: str = "", ids: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-    """``run(i, batch)`` over the batches of ``items``, concatenated along axis 0. With ``cache``
-    every finished batch is stored at once (:func:`cached_batches`), so a killed run resumes at
-    the first unfinished batch; without, nothing is written."""
+              desc: str = "", ids: Sequence[str] | None = None, axis: int = 0) -> dict[str, np.ndarray]:
+    """``run(i, batch)`` over the batches of ``items``, concatenated along ``axis`` (the sample
+    axis of its arrays). With ``cache`` every finished batch is stored at once
+    (:func:`cached_batches`), so a killed run resumes at the first unfinished batch; without,
+    nothing is written."""
     if cache is False:
         parts = [run(i, chunk) for i, chunk in enumerate(batched(items, batch_size, desc=desc))]
-        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
-    return cached_batches(adapter, items, what, params, run, batch_size, axis=0,
+        return {name: np.concatenate([part[name] for part in parts], axis=axis) for name in parts[0]}
+    return cached_batches(adapter, items, what, params, run, batch_size, axis=axis,
                           cache_dir=None if cache is True else cache, ids=ids)

@@ -18,7 +18,7 @@ from ..data.sample import Sample
 from ..metrics import adp_homogeneity, modality_gap_profile
 from ..models.base import Adapter
 from ..tracing import collect_residual
-from .common import batched, cached_batches
+from .common import Cache, per_batch
 
 
 def caption_text(sample: Sample) -> str:
@@ -42,14 +42,21 @@ def modality_batch(adapter: Adapter, chunk: Sequence[Sample], layers: Sequence[i
     return {"image": image.numpy(), "text": text.numpy()}
 
 
+def _modality_arrays(adapter: Adapter, samples: Sequence[Sample], layers: Sequence[int] | None, batch_size: int,
+                     seed: int, cache: Cache) -> dict[str, np.ndarray]:
+    """:func:`modality_batch` over every batch; batch ``i`` draws its positions with
+    ``default_rng([seed, i])``, so a resumed extraction draws the same ones."""
+    return per_batch(adapter, samples, "modality_gap", {"layers": list(layers or []), "seed": seed},
+                     lambda i, chunk: modality_batch(adapter, chunk, layers, np.random.default_rng([seed, i])),
+                     batch_size, cache, desc=f"modality gap · {adapter.model_id}", axis=1)
+
+
 def collect_modality_vectors(adapter: Adapter, samples: Sequence[Sample], layers: Sequence[int] | None = None,
                              batch_size: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Residual vectors [n_layers, n, d] at a random text token (image-first prompts) and at a
-    random image token (text-first prompts), paired by sample. Batch ``i`` draws its positions
-    with ``default_rng([seed, i])``, so a resumed extraction draws the same ones."""
-    parts = [modality_batch(adapter, chunk, layers, np.random.default_rng([seed, i]))
-             for i, chunk in enumerate(batched(samples, batch_size, desc=f"modality gap · {adapter.model_id}"))]
-    return (np.concatenate([p["image"] for p in parts], axis=1), np.concatenate([p["text"] for p in parts], axis=1))
+    random image token (text-first prompts), paired by sample (in memory)."""
+    arrays = _modality_arrays(adapter, samples, layers, batch_size, seed, cache=False)
+    return arrays["image"], arrays["text"]
 
 
 def modality_gap(image_vecs: np.ndarray, text_vecs: np.ndarray, layers: Sequence[int], min_cluster_size: int = 50,
@@ -74,6 +81,4 @@ def modality_gap(image_vecs: np.ndarray, text_vecs: np.ndarray, layers: Sequence
 def modality_vectors(adapter: Adapter, samples: Sequence[Sample], layers: Sequence[int], batch_size: int = 16,
                      seed: int = 0, cache_dir: str | None = None) -> dict[str, np.ndarray]:
     """:func:`collect_modality_vectors` streamed through the activation cache: {"image": ..., "text": ...}."""
-    return cached_batches(adapter, samples, "modality_gap", {"layers": list(layers), "seed": seed},
-                          lambda i, chunk: modality_batch(adapter, chunk, layers, np.random.default_rng([seed, i])),
-                          batch_size, axis=1, cache_dir=cache_dir)
+    return _modality_arrays(adapter, samples, layers, batch_size, seed, cache=cache_dir or True)

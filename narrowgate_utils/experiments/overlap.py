@@ -18,7 +18,7 @@ from ..layout import TokenLayout
 from ..metrics import neighborhood_overlap
 from ..models.base import Adapter
 from ..tracing import collect_residual
-from .common import batched, cached_batches
+from .common import Cache, per_batch
 
 
 def overlap_positions(layout: TokenLayout, extra: Sequence[str] = (), max_internal: int = 64,
@@ -55,13 +55,21 @@ def overlap_batch(adapter: Adapter, chunk: Sequence[Sample], prompt: str, layers
     return out
 
 
+def _overlap_arrays(adapter: Adapter, samples: Sequence[Sample], prompt: str, layers: Sequence[int] | None,
+                    extra: Sequence[str], max_internal: int, batch_size: int, seed: int,
+                    cache: Cache) -> dict[str, np.ndarray]:
+    params = {"layers": list(layers or []), "prompt": prompt, "extra": list(extra), "max_internal": max_internal,
+              "seed": seed}
+    return per_batch(adapter, samples, "overlap", params,
+                     lambda i, chunk: overlap_batch(adapter, chunk, prompt, layers, extra, max_internal, seed),
+                     batch_size, cache, desc=f"overlap · {adapter.model_id}", axis=1)
+
+
 def collect_overlap_vectors(adapter: Adapter, samples: Sequence[Sample], prompt: str, layers: Sequence[int] | None = None,
                             extra: Sequence[str] = (), max_internal: int = 64, batch_size: int = 16,
                             seed: int = 0) -> dict[str, np.ndarray]:
     """Residual vectors per group: {group: [n_layers, n, n_positions, d]} (left padding handled per row)."""
-    parts = [overlap_batch(adapter, chunk, prompt, layers, extra, max_internal, seed)
-             for chunk in batched(samples, batch_size, desc=f"overlap · {adapter.model_id}")]
-    return {name: np.concatenate([part[name] for part in parts], axis=1) for name in parts[0]}
+    return _overlap_arrays(adapter, samples, prompt, layers, extra, max_internal, batch_size, seed, cache=False)
 
 
 def overlap_profile(vectors: dict[str, np.ndarray], labels: Sequence[int], layers: Sequence[int],
@@ -80,7 +88,5 @@ def overlap_vectors(adapter: Adapter, samples: Sequence[Sample], prompt: str, la
                     extra: Sequence[str] = (), max_internal: int = 64, batch_size: int = 16, seed: int = 0,
                     cache_dir: str | None = None) -> dict[str, np.ndarray]:
     """:func:`collect_overlap_vectors` streamed through the activation cache."""
-    params = {"layers": list(layers), "prompt": prompt, "extra": list(extra), "max_internal": max_internal, "seed": seed}
-    return cached_batches(adapter, samples, "overlap", params,
-                          lambda i, chunk: overlap_batch(adapter, chunk, prompt, layers, extra, max_internal, seed),
-                          batch_size, axis=1, cache_dir=cache_dir)
+    return _overlap_arrays(adapter, samples, prompt, layers, extra, max_internal, batch_size, seed,
+                           cache=cache_dir or True)
