@@ -120,7 +120,7 @@ def load(
     (generation, knockout, fine-tuning) raise. ``"local"`` loads the weights and runs traces
     through nnsight's serialising simulation of the remote path (a dry run, for testing).
     """
-    from transformers import AutoConfig
+    from transformers import AutoConfig, AutoProcessor, AutoTokenizer
 
     torch_dtype = resolve_dtype(dtype)
     if device == "auto" and device_map is None:
@@ -132,30 +132,23 @@ def load(
     checkpoint = resolve_checkpoint(model_id)
     config = AutoConfig.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
     cls = adapter_class(family_of(config))
-    if remote and remote != "local":
+    if remote and remote != "local":  # weights stay on the server: only the structure, on the meta device
         with torch.device("meta"):
             model = cls.model_class()._from_config(config, dtype=torch_dtype, attn_implementation=attn_implementation)
-        return cls(model.eval(), _load_processor(checkpoint, trust_remote_code), model_id, checkpoint_dir=checkpoint,
-                   remote=remote)
-    model = cls.model_class().from_pretrained(
-        checkpoint,
-        dtype=torch_dtype,
-        device_map=device_map,
-        attn_implementation=attn_implementation,
-        use_safetensors=True,
-        trust_remote_code=trust_remote_code,
-    )
-    if device_map is None:
-        model = model.to(device)
+    else:
+        model = cls.model_class().from_pretrained(
+            checkpoint,
+            dtype=torch_dtype,
+            device_map=device_map,
+            attn_implementation=attn_implementation,
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+        )
+        if device_map is None:
+            model = model.to(device)
     model.eval()
-    return cls(model, _load_processor(checkpoint, trust_remote_code), model_id, checkpoint_dir=checkpoint, remote=remote)
-
-
-def _load_processor(checkpoint: str, trust_remote_code: bool) -> Any:
-    """The checkpoint's processor, or its tokenizer when it ships no processor (toy models)."""
-    from transformers import AutoProcessor, AutoTokenizer
-
     try:
-        return AutoProcessor.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, TypeError, KeyError, ImportError):
-        return AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
+        processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError, KeyError, ImportError):  # no processor shipped (toy models)
+        processor = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
+    return cls(model, processor, model_id, checkpoint_dir=checkpoint, remote=remote)
