@@ -1,4 +1,4 @@
-"""Activation-patching metrics (paper eq. 4, Fig. 6 and Fig. A2)."""
+"""Activation-patching metrics: distribution similarity (paper eq. 4, Fig. 6) and switch rates (Fig. A2)."""
 from __future__ import annotations
 
 from typing import Any
@@ -48,17 +48,46 @@ def _as_ids(x: Any, name: str) -> np.ndarray:
     return as_int_vector(x, name, "class / token ids")
 
 
-def switch_rate(pred_patched: Any, base_class_ids: Any, target_class_ids: Any) -> float:
-    """Fraction of patched base inputs whose prediction became the target class (Fig. A2).
-
-    All three are 1-D integer arrays, one entry per base/target pair (e.g. the first token id
-    of each class name). Pairs with identical base and target classes are rejected.
-    """
-    pred = _as_ids(pred_patched, "pred_patched")
+def _class_ids(base_class_ids: Any, target_class_ids: Any, n: int, what: str) -> tuple[np.ndarray, np.ndarray]:
     base = _as_ids(base_class_ids, "base_class_ids")
     target = _as_ids(target_class_ids, "target_class_ids")
-    if not len(pred) == len(base) == len(target):
-        raise ValueError(f"lengths differ: pred_patched {len(pred)}, base_class_ids {len(base)}, target_class_ids {len(target)}.")
+    if not n == len(base) == len(target):
+        raise ValueError(f"lengths differ: {what} {n}, base_class_ids {len(base)}, target_class_ids {len(target)}.")
     if np.any(base == target):
         raise ValueError(f"{int(np.sum(base == target))} pairs have the same base and target class; a switch is undefined there.")
+    return base, target
+
+
+def switch_rate(clean_logits: Any, patched_logits: Any, base_class_ids: Any, target_class_ids: Any) -> float:
+    """Share of all pairs whose logit difference changes sign under patching (Fig. A2, the authors' count).
+
+    For pair i, d_i = logit[target_class_ids[i]] - logit[base_class_ids[i]] at the predicted
+    position, once on the unpatched base input (``clean_logits``) and once after patching
+    (``patched_logits``), both ``[n, vocab]``; the ids are the first token of each class name.
+    A switch is sign(d_clean) != sign(d_patched), counted over every pair (a zero difference
+    has sign 0, as with ``torch.sign`` in the authors' code). Usually d_clean < 0 (the base
+    image favours its own class) and a switch means the target class now wins.
+    """
+    clean = as_float_array(clean_logits, "clean_logits", 2)
+    patched = as_float_array(patched_logits, "patched_logits", 2)
+    if clean.shape != patched.shape:
+        raise ValueError(f"clean_logits and patched_logits must have the same shape, got {clean.shape} and {patched.shape}.")
+    base, target = _class_ids(base_class_ids, target_class_ids, len(clean), "logit rows")
+    if max(base.max(), target.max()) >= clean.shape[1] or min(base.min(), target.min()) < 0:
+        raise ValueError(f"class ids must lie in [0, vocab) = [0, {clean.shape[1]}).")
+    rows = np.arange(len(clean))
+    d_clean = clean[rows, target] - clean[rows, base]
+    d_patched = patched[rows, target] - patched[rows, base]
+    return float(np.mean(np.sign(d_clean) != np.sign(d_patched)))
+
+
+def switch_rate_argmax(pred_patched: Any, base_class_ids: Any, target_class_ids: Any) -> float:
+    """Fraction of patched base inputs whose argmax prediction became the target class.
+
+    All three are 1-D integer arrays, one entry per base/target pair (e.g. the first token id
+    of each class name). Pairs with identical base and target classes are rejected. This is
+    an argmax alternative to :func:`switch_rate` (the paper's logit-sign count).
+    """
+    pred = _as_ids(pred_patched, "pred_patched")
+    _, target = _class_ids(base_class_ids, target_class_ids, len(pred), "pred_patched")
     return float(np.mean(pred == target))
