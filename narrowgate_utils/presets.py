@@ -141,4 +141,23 @@ def preset_table() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-__all__ = ["CHAPTERS", "PRESET_NAMES", "apply", "describe", "preset_table", "preset_values"]
+def preset_markdown() -> str:
+    """:func:`preset_table` as the Markdown table that the methods page includes
+    (``book/preset_table.md``, written by ``python -m narrowgate_utils.presets``)."""
+    table = preset_table()
+    lines = ["| chapter | parameter | `toy` | `paper` | source of the paper value |", "|---|---|---|---|---|"]
+    for row in table.itertuples(index=False):
+        cells = [row.chapter, f"`{row.parameter}`", f"`{row.toy}`", f"`{row.paper}`", row[4].replace("|", "\\|")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "<!-- generated from narrowgate_utils/presets.py by `python -m narrowgate_utils.presets`; do not edit -->\n\n" + "\n".join(lines) + "\n"
+
+
+__all__ = ["CHAPTERS", "PRESET_NAMES", "apply", "describe", "preset_markdown", "preset_table", "preset_values"]
+
+
+if __name__ == "__main__":
+    from pathlib import Path
+
+    target = Path(__file__).resolve().parents[1] / "book" / "preset_table.md"
+    target.write_text(preset_markdown())
+    print(f"wrote {target.relative_to(target.parents[1])}")

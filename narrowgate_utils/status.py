@@ -24,9 +24,9 @@ class StatusRow:
 ROWS: tuple[StatusRow, ...] = (
     StatusRow(
         'fig2_left',
-        '**Fig. 2 (left)**: Median \\|cosine\\| between text and image residual streams, per layer',
+        '**Fig. 2 (left)**: Median cosine between text and image residual streams of different samples, per layer',
         'Chameleon-7B and -34B stay below 0.1 at every layer; Pixtral-12B rises from about 0.2 to about 0.4 (paper, Sec. 4.1)',
-        '`papermill notebooks/01_modality_gap.ipynb out.ipynb -p model_id facebook/chameleon-7b -p dataset flickr30k -p data_dir /data/flickr30k -p device cuda`',
+        '`papermill notebooks/01_modality_gap.ipynb out.ipynb -p model_id facebook/chameleon-7b -p preset paper -p data_dir /data/flickr30k -p device cuda`',
     ),
     StatusRow(
         'fig2_right',
@@ -38,31 +38,31 @@ ROWS: tuple[StatusRow, ...] = (
         'fig3',
         '**Fig. 3**: Cross-modal attention $f_j^l$ per image position',
         'Chameleon-7B: [EOI] takes over 40 % in layers 2–6, 8–12 % in the middle, over 37 % in the last two layers; the 32nd image token peaks above 60 % in layers 8–11. Pixtral-12B: the 1025th image token takes 17–46 % from layer 4 on, end-of-line tokens about 20 % in layers 20–35 (paper, Sec. 4.2)',
-        '`papermill notebooks/02_cross_modal_attention.ipynb out.ipynb -p model_id facebook/chameleon-7b -p dataset imagenet -p data_dir /data/imagenet -p device cuda`',
+        '`papermill notebooks/02_cross_modal_attention.ipynb out.ipynb -p model_id facebook/chameleon-7b -p preset paper -p data_dir /data/imagenet -p device cuda`',
     ),
     StatusRow(
         'fig4',
         '**Fig. 4**: Neighbourhood overlap $\\chi^{l,gt}$ of selected positions with the class label',
         'Chameleon-7B: [EOI] near 0 in the first five layers, above 0.4 from layer 9 on; 32nd and last image tokens near 0 throughout; internal image tokens peak near 0.2 at layer 8 and fall below 0.1 after layer 15. Pixtral-12B: internal image tokens rise from 0.24 to 0.44 (paper, Sec. 4.2)',
-        '`papermill notebooks/03_neighborhood_overlap.ipynb out.ipynb -p model_id facebook/chameleon-7b -p dataset imagenet -p data_dir /data/imagenet -p device cuda`',
+        '`papermill notebooks/03_neighborhood_overlap.ipynb out.ipynb -p model_id facebook/chameleon-7b -p preset paper -p data_dir /data/imagenet -p device cuda`',
     ),
     StatusRow(
         'figA1',
         '**Fig. A1**: Figs. 3 and 4 for Chameleon-34B',
         '[EOI], first and last image tokens dominate the attention; only [EOI] has $\\chi^{l,gt} > 0.4$ (after layer 16), all other positions stay below 0.25 (paper, Supp. Sec. 9 and Sec. 4.2)',
-        'the two commands above with `-p model_id facebook/chameleon-30b`',
+        'the two commands above with `-p model_id facebook/chameleon-30b -p device auto` (two 40 GB GPUs)',
     ),
     StatusRow(
         'fig5',
         '**Fig. 5**: $\\chi^{out,gt}$ under progressive knockout of the last $w$ layers',
         'Chameleon-7B / -34B: baseline 0.46 / 0.43, falling to about 0 as the [EOI] knockout window grows; image→text knockout leaves it at baseline. Pixtral-12B: the reverse, about 0.6 under [EOI] knockout, down to 0 under image→text knockout (paper, Sec. 4.3)',
-        '`papermill notebooks/04_knockout.ipynb out.ipynb -p model_id facebook/chameleon-7b -p dataset imagenet -p data_dir /data/imagenet -p window_step 4 -p device cuda`',
+        '`papermill notebooks/04_knockout.ipynb out.ipynb -p model_id facebook/chameleon-7b -p preset paper -p dataset imagenet -p data_dir /data/imagenet -p device cuda`',
     ),
     StatusRow(
         'table1',
         '**Table 1**: VQAv2 accuracy, Flickr30k and COCO CIDEr, ImageNet $\\chi^{out,gt}$ under knockout in all layers',
         'Chameleon-7B: VQAv2 0.51 → 0.25 with [EOI] blocked (0.40 image→text, 0.51 random); Flickr 0.23 → 0.04; COCO 0.35 → 0.03; $\\chi^{out,gt}$ 0.46 → 0.01. Chameleon-34B: VQAv2 0.59 → 0.39. Pixtral-12B: VQAv2 0.79 → 0.77 with [EOI] blocked but 0.37 with image→text blocked; Flickr 0.51 → 0.00 and COCO 0.60 → 0.01 under image→text (paper, Sec. 4.3)',
-        '`papermill notebooks/04_knockout.ipynb out.ipynb -p model_id facebook/chameleon-7b -p dataset vqav2 -p data_dir /data/vqav2 -p n_samples 2000 -p device cuda` (then `-p dataset flickr30k` and `-p dataset coco_karpathy`)',
+        '`papermill notebooks/04_knockout.ipynb out.ipynb -p model_id facebook/chameleon-7b -p preset paper -p data_dir /data/vqav2 -p device cuda` (then `-p dataset flickr30k -p split all` and `-p dataset coco_karpathy`)',
     ),
     StatusRow(
         'tableA2',
@@ -74,7 +74,7 @@ ROWS: tuple[StatusRow, ...] = (
         'fig6',
         '**Fig. 6**: Similarity $\\sum_v \\min(q_v, p_v)$ after patching [EOI]: residual stream at one layer (left), attention input from a layer on (right)',
         'Residual patching in Chameleon-7B becomes effective after relative depth 0.3, peaks at 0.86 at layer 15 and returns to baseline at the last layer. Cumulative attention-input patching starts near 0.95 (7B) and 0.87 (34B), stays above 0.75 up to relative depth 0.6 and reaches baseline after about 0.8 (paper, Sec. 4.4)',
-        '`papermill notebooks/05_steering.ipynb out.ipynb -p model_id facebook/chameleon-7b -p dataset imagenet -p classes patching -p data_dir /data/imagenet -p layer_step 4 -p device cuda`',
+        '`papermill notebooks/05_steering.ipynb out.ipynb -p model_id facebook/chameleon-7b -p preset paper -p data_dir /data/imagenet -p device cuda`',
     ),
     StatusRow(
         'figA2',
@@ -86,7 +86,7 @@ ROWS: tuple[StatusRow, ...] = (
         'finetune',
         '**Masked fine-tuning table**: Knockout results after LoRA fine-tuning with [EOI] masked from the text',
         'Not in the version of the paper used here (arXiv v1); a later version reports that after fine-tuning Chameleon-7B and Emu3 with [EOI] hidden, ablating [EOI] no longer collapses performance. Setup there: one epoch of LoRA (rank 128, alpha 256) on 15k samples, half LLaVA-Instruct-150K and half VQAv2 train',
-        '`papermill notebooks/06_masked_finetuning.ipynb out.ipynb -p model_id facebook/chameleon-7b -p preset paper -p train_dataset llava_instruct+vqav2 -p train_data_dir /data/llava_instruct+/data/vqav2 -p n_train 7500 -p dataset vqav2 -p data_dir /data/vqav2 -p device cuda -p dtype bfloat16`',
+        '`papermill notebooks/06_masked_finetuning.ipynb out.ipynb -p model_id facebook/chameleon-7b -p preset paper -p train_data_dir /data/llava_instruct+/data/vqav2 -p data_dir /data/vqav2 -p device cuda`',
     ),
     StatusRow(
         "open_q2",
@@ -114,7 +114,7 @@ def _per_model(frame: pd.DataFrame, column: str, fmt: str = "{:.2f}") -> str:
 
 def _gap(results: Path) -> str | None:
     summary = _read(results, "01_modality_gap", "summary.csv")
-    return None if summary is None else "max median \\|cos\\| — " + _per_model(summary, "max_median_abs_cos")
+    return None if summary is None else "max median cosine — " + _per_model(summary, "max_median_cos")
 
 
 def _homogeneity(results: Path) -> str | None:

@@ -9,33 +9,72 @@ import torch
 from narrowgate_utils.layout import TokenLayout
 from narrowgate_utils.metrics import (
     RunningMean,
-    abs_cosine_quartiles,
+    cosine_quartiles,
     adp_clusters,
     adp_homogeneity,
     aggregate_attention_shares,
     caption_tokenize,
     cider,
     cider_scores,
+    cosine_values,
     classification_accuracy,
     cross_modal_attention,
     first_class_mention,
+    logit_sign_flips,
     modality_gap_profile,
     neighborhood_overlap,
     patching_similarity,
     span_token_names,
     switch_rate,
+    switch_rate_argmax,
 )
 
 SQRT_HALF = math.sqrt(0.5)
 
 
 # ---------------------------------------------------------------- modality gap
-def test_abs_cosine_quartiles_paired_by_hand() -> None:
+# 3 samples; image rows i0..i2, text rows t0..t2 (row i = sample i)
+GAP_IMAGE = np.array([[1.0, 0], [0, 1], [1, 1]])
+GAP_TEXT = np.array([[1.0, 0], [0, 1], [-2, 0]])
+# cos(i, t):      t0     t1     t2
+#   i0             1      0     -1
+#   i1             0      1      0
+#   i2           .7071  .7071  -.7071
+# cross (i < j): (i0,t1)=0, (i0,t2)=-1, (i1,t2)=0; the other triangle holds 0, .7071, .7071
+
+
+def test_cross_pairs_skip_the_diagonal_and_take_one_triangle_by_hand() -> None:
+    np.testing.assert_allclose(cosine_values(GAP_IMAGE, GAP_TEXT), [0.0, -1.0, 0.0], atol=1e-7)
+    # signed cosine (default): -1, 0, 0 -> q1 -.5, median 0, q3 0
+    assert cosine_quartiles(GAP_IMAGE, GAP_TEXT) == pytest.approx((-0.5, 0.0, 0.0), abs=1e-7)
+    # |cos| sorted 0, 0, 1; linear interpolation: q1 at rank .5 -> 0, median 0, q3 at rank 1.5 -> .5
+    assert cosine_quartiles(GAP_IMAGE, GAP_TEXT, absolute=True) == pytest.approx((0.0, 0.0, 0.5), abs=1e-7)
+    # same-sample pairs only: 1, 1, .7071
+    assert cosine_quartiles(GAP_IMAGE, GAP_TEXT, pairing="paired")[1] == pytest.approx(1.0)
+    # all 9 pairs, |cos|: 0 0 0 .7071 .7071 .7071 1 1 1 -> median .7071
+    assert cosine_quartiles(GAP_IMAGE, GAP_TEXT, pairing="all", absolute=True)[1] == pytest.approx(SQRT_HALF, rel=1e-6)
+
+
+def test_cross_pairs_in_blocks_match_a_dense_reference() -> None:
+    rng = np.random.default_rng(0)
+    image, text = rng.normal(size=(37, 8)), rng.normal(size=(37, 8))
+    dense = (image / np.linalg.norm(image, axis=1, keepdims=True)) @ (text / np.linalg.norm(text, axis=1, keepdims=True)).T
+    upper = np.abs(dense[np.triu_indices(37, k=1)])  # (i, j) with i < j, row-major
+    for block_rows in (1, 5, 1024):
+        values = cosine_values(image, text, block_rows=block_rows, absolute=True)
+        assert values.dtype == np.float32 and len(values) == 37 * 36 // 2
+        np.testing.assert_allclose(values, upper, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(cosine_values(image, text, "all", block_rows=4), dense.ravel(), atol=1e-6)
+    assert cosine_quartiles(image, text, absolute=True)[1] == pytest.approx(np.median(upper), rel=1e-5)
+    assert cosine_quartiles(image, text)[1] == pytest.approx(np.median(dense[np.triu_indices(37, k=1)]), rel=1e-5)
+
+
+def test_cosine_quartiles_paired_by_hand() -> None:
     image = np.array([[1.0, 0], [2, 0], [1, 0], [3, 0]])
     text = np.array([[5.0, 0], [0, 1], [1, 1], [-1, 0]])
     # |cos| = 1, 0, sqrt(.5), 1 -> sorted 0, .7071, 1, 1; linear interpolation:
     # q1 at rank 0.75 -> 0.75*.7071, median at 1.5 -> (.7071+1)/2, q3 at 2.25 -> 1
-    q1, median, q3 = abs_cosine_quartiles(image, text)
+    q1, median, q3 = cosine_quartiles(image, text, pairing="paired", absolute=True)
     assert q1 == pytest.approx(0.75 * SQRT_HALF)
     assert median == pytest.approx((SQRT_HALF + 1) / 2)
     assert q3 == pytest.approx(1.0)
@@ -45,15 +84,19 @@ def test_abs_cosine_all_pairs_and_errors() -> None:
     image = np.array([[1.0, 0], [0, 1]])
     text = np.array([[1.0, 0], [1, 1], [0, -2]])
     # pairs: 1, .7071, 0 | 0, .7071, 1 -> median .7071
-    assert abs_cosine_quartiles(image, text, pairing="all")[1] == pytest.approx(SQRT_HALF)
-    with pytest.raises(ValueError, match="pairing='paired'"):
-        abs_cosine_quartiles(image, text)
+    assert cosine_quartiles(image, text, pairing="all", absolute=True)[1] == pytest.approx(SQRT_HALF, rel=1e-6)
+    with pytest.raises(ValueError, match="pairing='cross' needs as many"):
+        cosine_quartiles(image, text)
+    with pytest.raises(ValueError, match="pairing='paired' needs as many"):
+        cosine_quartiles(image, text, pairing="paired")
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        cosine_quartiles(image[:1], text[:1])
     with pytest.raises(ValueError, match="zero-norm"):
-        abs_cosine_quartiles(np.zeros((2, 2)), image)
+        cosine_quartiles(np.zeros((2, 2)), image)
     with pytest.raises(ValueError, match="NaN"):
-        abs_cosine_quartiles(np.array([[np.nan, 1.0], [1, 0]]), image)
+        cosine_quartiles(np.array([[np.nan, 1.0], [1, 0]]), image)
     with pytest.raises(ValueError, match="pairing must be"):
-        abs_cosine_quartiles(image, image, pairing="cross")
+        cosine_quartiles(image, image, pairing="diagonal")
 
 
 def test_modality_gap_profile_accepts_torch_layers() -> None:
@@ -62,9 +105,13 @@ def test_modality_gap_profile_accepts_torch_layers() -> None:
     df = modality_gap_profile(image, text)
     assert list(df.columns) == ["layer", "q1", "median", "q3"]
     assert df["layer"].tolist() == [0, 1]
-    assert df["median"].tolist() == pytest.approx([0.0, (1 + SQRT_HALF) / 2])
+    # one cross pair per layer, (image 0, text 1): cos 0, then .7071
+    assert df["median"].tolist() == pytest.approx([0.0, SQRT_HALF], abs=1e-7)
+    assert modality_gap_profile(image, text, "paired")["median"].tolist() == pytest.approx([0.0, (1 + SQRT_HALF) / 2])
     with pytest.raises(ValueError, match="3-D"):
         modality_gap_profile(image[0], text[0])
+    with pytest.raises(ValueError, match="layers"):
+        modality_gap_profile(image, text[:1])
 
 
 # ---------------------------------------------------------------- ADP homogeneity
@@ -233,12 +280,39 @@ def test_patching_similarity() -> None:
         patching_similarity(q, [0.5, 0.5])
 
 
-def test_switch_rate() -> None:
-    assert switch_rate([5, 6, 7, 5], [1, 1, 1, 1], [5, 6, 8, 9]) == pytest.approx(0.5)
+def test_switch_rate_counts_sign_flips_over_all_pairs_by_hand() -> None:
+    base, target = [0, 0, 1, 0], [1, 2, 3, 1]
+    clean = np.array([
+        [2.0, 1, 0, 0],  # d = l1 - l0 = -1
+        [3.0, 0, 1, 0],  # d = l2 - l0 = -2
+        [0.0, 1, 0, 2],  # d = l3 - l1 = +1 (the base image already favours the target class)
+        [1.0, 0, 0, 0],  # d = l1 - l0 = -1
+    ])
+    patched = np.array([
+        [1.0, 2, 0, 0],  # d = +1: flip
+        [3.0, 0, 2, 0],  # d = -1: no flip
+        [0.0, 2, 0, 1],  # d = -1: flip (either direction counts, as sign(clean) != sign(patched))
+        [1.0, 1, 0, 0],  # d = 0: sign 0 != -1, flip
+    ])
+    np.testing.assert_array_equal(logit_sign_flips(clean, patched, base, target), [True, False, True, True])
+    assert switch_rate(clean, patched, base, target) == pytest.approx(3 / 4)
+    assert switch_rate(torch.tensor(clean), torch.tensor(clean), base, target) == 0.0
     with pytest.raises(ValueError, match="same base and target"):
-        switch_rate([1], [2], [2])
+        switch_rate(clean, patched, [0, 0, 1, 1], target)
     with pytest.raises(ValueError, match="lengths differ"):
-        switch_rate([1, 2], [3], [4])
+        switch_rate(clean, patched, base[:3], target[:3])
+    with pytest.raises(ValueError, match="same shape"):
+        switch_rate(clean, patched[:, :3], base, target)
+    with pytest.raises(ValueError, match="vocab"):
+        switch_rate(clean, patched, base, [1, 2, 3, 4])
+
+
+def test_switch_rate_argmax() -> None:
+    assert switch_rate_argmax([5, 6, 7, 5], [1, 1, 1, 1], [5, 6, 8, 9]) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="same base and target"):
+        switch_rate_argmax([1], [2], [2])
+    with pytest.raises(ValueError, match="lengths differ"):
+        switch_rate_argmax([1, 2], [3], [4])
 
 
 # ---------------------------------------------------------------- captioning
@@ -251,6 +325,30 @@ REFS = [
 
 def test_caption_tokenize() -> None:
     assert caption_tokenize("A Dog's T-shirt, running!") == "a dog's t-shirt running"
+
+
+def test_cider_raw_keeps_case_and_punctuation() -> None:
+    from pycocoevalcap.cider.cider import Cider
+
+    predictions = ["A dog runs on the grass.", "a man rides a red bicycle", "Two children play in the snow!"]
+    simple = cider_scores(predictions, REFS)
+    raw = cider_scores(predictions, REFS, tokenize="raw")
+    # raw: "A" != "a", "grass." != "grass", "snow!" != "snow"; item 1 is already plain, but the
+    # corpus IDF is shared, so only the word matches are pinned here
+    assert raw[0] < simple[0] and raw[2] < simple[2]
+    # raw = pycocoevalcap on the unchanged strings; simple = pycocoevalcap on caption_tokenize
+    gts = {i: list(r) for i, r in enumerate(REFS)}
+    _, direct_raw = Cider().compute_score(gts, {i: [p] for i, p in enumerate(predictions)})
+    np.testing.assert_allclose(raw, direct_raw)
+    _, direct_simple = Cider().compute_score({i: [caption_tokenize(c) for c in r] for i, r in gts.items()},
+                                             {i: [caption_tokenize(p)] for i, p in enumerate(predictions)})
+    np.testing.assert_allclose(simple, direct_simple)
+    # on captions already in the simple form the two options agree
+    plain = [caption_tokenize(p) for p in predictions]
+    np.testing.assert_allclose(cider_scores(plain, REFS, tokenize="raw"), cider_scores(plain, REFS))
+    assert cider(predictions, REFS, tokenize="raw") == pytest.approx(raw.mean())
+    with pytest.raises(ValueError, match="tokenize must be"):
+        cider(predictions, REFS, tokenize="ptb")
 
 
 def test_cider_identical_unrelated_and_ranking() -> None:

@@ -69,3 +69,10 @@ def test_notebook_takes_a_preset(chapter):
         assert assigned.get(name) == "None", f"{notebook.name}: {name} should default to None (from the preset)"
     body = "".join("".join(c["source"]) for c in cells)
     assert f'presets.apply("{chapter}", preset, globals())' in body
+
+
+def test_methods_page_table_is_generated_from_presets():
+    root = NOTEBOOKS.parent
+    assert (root / "book" / "preset_table.md").read_text() == presets.preset_markdown(), \
+        "book/preset_table.md is stale: run `python -m narrowgate_utils.presets`"
+    assert "preset_table.md" in (root / "book" / "methods.md").read_text()

@@ -13,7 +13,7 @@ PROMPT = "this animal is a"
 
 
 def samples(family: str, n: int) -> list[Sample]:
-    return [Sample(uid=f"s{i}", image=Image.fromarray(array), label=i % 2, class_name=f"c{i % 2}",
+    return [Sample(uid=f"s{i}", image=Image.fromarray(array), label=i % 2, class_name=("red", "blue")[i % 2],
                    captions=("a red shape", "a round thing"))
             for i, array in enumerate(images(family, n, seed=3))]
 
@@ -103,4 +103,5 @@ def test_killed_steering_sweep_resumes_and_matches(tmp_path, monkeypatch):
     assert list(streamed.layer) == [0, 1] and 0 <= streamed.similarity.min() <= streamed.similarity.max() <= 1
     np.testing.assert_allclose(streamed[["similarity", "baseline"]].to_numpy(), reference[["similarity", "baseline"]].to_numpy(),
                                rtol=1e-5)
-    assert streamed.switch_rate.equals(reference.switch_rate)
+    assert streamed.switch_rate.notna().all() and streamed.switch_rate.equals(reference.switch_rate)
+    assert streamed.switch_rate_argmax.equals(reference.switch_rate_argmax)

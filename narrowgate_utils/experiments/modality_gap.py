@@ -3,9 +3,10 @@
 For every image with its captions we build two prompts (paper Supp. 8.1): image followed by
 the concatenated captions, and the captions followed by the image. From the first we keep
 the residual stream at one random *text* position, from the second at one random *image*
-position, at every layer. Per layer we report the median |cosine| of the paired image/text
-vectors with its quartiles, and the homogeneity w.r.t. modality of ADP clusters of the
-pooled vectors.
+position, at every layer. Per layer we report the median cosine over the image/text pairs
+of *different* samples (the authors' code: pairs (image i, text j) with i < j, see
+:func:`~narrowgate_utils.metrics.cosine_values`) with its quartiles, and the homogeneity
+w.r.t. modality of ADP clusters of the pooled vectors.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pandas as pd
 
 from ..data.sample import Sample
 from ..metrics import adp_homogeneity, modality_gap_profile
+from ..metrics.geometry import Pairing
 from ..models.base import Adapter
 from ..tracing import collect_residual
 from .common import Cache, per_batch
@@ -60,13 +62,19 @@ def collect_modality_vectors(adapter: Adapter, samples: Sequence[Sample], layers
 
 
 def modality_gap(image_vecs: np.ndarray, text_vecs: np.ndarray, layers: Sequence[int], min_cluster_size: int = 50,
-                 maxk: int = 128) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per-layer |cosine| quartiles and ADP homogeneity from :func:`collect_modality_vectors` output.
+                 maxk: int = 128, *, pairing: Pairing = "cross", absolute: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-layer cosine quartiles and ADP homogeneity from :func:`collect_modality_vectors` output.
 
-    ``maxk`` is capped by the number of points; clusters below ``min_cluster_size`` points are
-    dropped before the homogeneity score (the paper drops clusters under 50 of 20,000 points).
+    ``pairing`` chooses the image/text pairs of the cosine quartiles: ``"cross"`` (default,
+    the authors' code: pairs of different samples, each couple once), ``"paired"`` (same-sample
+    pairs) or ``"all"``; ``absolute=True`` takes |cos| (default: the signed cosine, see
+    :func:`~narrowgate_utils.metrics.cosine_values`). ``maxk`` is capped by the number of
+    points; clusters below ``min_cluster_size`` points are dropped before the homogeneity score
+    (the paper drops clusters under 50 of 20,000 points).
     """
-    gap = modality_gap_profile(image_vecs, text_vecs)
+    if len(layers) != len(image_vecs):
+        raise ValueError(f"got {len(layers)} layer numbers but the vectors hold {len(image_vecs)} layers.")
+    gap = modality_gap_profile(image_vecs, text_vecs, pairing, absolute=absolute)
     gap["layer"] = list(layers)
     n = image_vecs.shape[1]
     labels = np.r_[np.zeros(n, dtype=int), np.ones(n, dtype=int)]

@@ -48,7 +48,7 @@ def _unit_rows(x: np.ndarray, name: str) -> np.ndarray:
 
 
 def _cross_pair_count(pairing: str, n_img: int, n_txt: int) -> int:
-    """Number of |cos| values :func:`abs_cosine_values` returns for ``pairing``."""
+    """Number of cosine values :func:`cosine_values` returns for ``pairing``."""
     if pairing == "all":
         return n_img * n_txt
     if n_img != n_txt:
@@ -59,9 +59,9 @@ def _cross_pair_count(pairing: str, n_img: int, n_txt: int) -> int:
     return n_img if pairing == "paired" else n_img * (n_img - 1) // 2
 
 
-def abs_cosine_values(image_vecs: Any, text_vecs: Any, pairing: Pairing = "cross", *, absolute: bool = True,
-                      block_rows: int = 1024) -> np.ndarray:
-    """|cos(image, text)| over the image–text pairs chosen by ``pairing`` (paper Fig. 2, left), flattened.
+def cosine_values(image_vecs: Any, text_vecs: Any, pairing: Pairing = "cross", *, absolute: bool = False,
+                  block_rows: int = 1024) -> np.ndarray:
+    """cos(image, text) over the image–text pairs chosen by ``pairing`` (paper Fig. 2, left), flattened.
 
     Row i of ``image_vecs`` and of ``text_vecs`` come from sample i.
 
@@ -73,8 +73,9 @@ def abs_cosine_values(image_vecs: Any, text_vecs: Any, pairing: Pairing = "cross
 
     ``"cross"`` and ``"all"`` are computed in blocks of ``block_rows`` image rows with float32
     products and returned as float32 (paper scale, n = 10,000: 50M values, 200 MB); ``"paired"``
-    is float64. ``absolute=False`` keeps the sign of the cosine (the authors' code takes the
-    plain cosine: its ``abs`` flag is overridden to False).
+    is float64. The cosine keeps its sign by default, as in the paper's text ("median cosine
+    similarity") and the authors' code (whose ``abs`` flag is overridden to False);
+    ``absolute=True`` gives |cos|.
     """
     img = _unit_rows(as_float_array(image_vecs, "image_vecs", 2), "image_vecs")
     txt = _unit_rows(as_float_array(text_vecs, "text_vecs", 2), "text_vecs")
@@ -103,25 +104,25 @@ def abs_cosine_values(image_vecs: Any, text_vecs: Any, pairing: Pairing = "cross
     return values
 
 
-def abs_cosine_quartiles(image_vecs: Any, text_vecs: Any, pairing: Pairing = "cross", *,
-                         absolute: bool = True) -> tuple[float, float, float]:
-    """(q1, median, q3) of |cosine| between image and text vectors (paper Fig. 2, left).
+def cosine_quartiles(image_vecs: Any, text_vecs: Any, pairing: Pairing = "cross", *,
+                     absolute: bool = False) -> tuple[float, float, float]:
+    """(q1, median, q3) of the cosine between image and text vectors (paper Fig. 2, left).
 
-    Exact quantiles with linear interpolation over the values of :func:`abs_cosine_values`
+    Exact quantiles with linear interpolation over the values of :func:`cosine_values`
     (``pairing`` and ``absolute`` as there).
     """
-    values = abs_cosine_values(image_vecs, text_vecs, pairing, absolute=absolute)
+    values = cosine_values(image_vecs, text_vecs, pairing, absolute=absolute)
     q1, median, q3 = np.quantile(values, [0.25, 0.5, 0.75], overwrite_input=True)
     return float(q1), float(median), float(q3)
 
 
 def modality_gap_profile(image_by_layer: Any, text_by_layer: Any, pairing: Pairing = "cross", *,
-                         absolute: bool = True) -> pd.DataFrame:
-    """Per-layer |cosine| quartiles (Fig. 2, left); inputs are ``[L, n, d]`` stacks of residual vectors.
+                         absolute: bool = False) -> pd.DataFrame:
+    """Per-layer cosine quartiles (Fig. 2, left); inputs are ``[L, n, d]`` stacks of residual vectors.
 
     Layers are converted one at a time (a paper-scale stack is not copied to float64 at
     once). Returns a DataFrame with columns ``layer, q1, median, q3`` (one row per layer);
-    ``pairing`` and ``absolute`` as in :func:`abs_cosine_values`.
+    ``pairing`` and ``absolute`` as in :func:`cosine_values`.
     """
     img_shape, txt_shape = np.shape(image_by_layer), np.shape(text_by_layer)
     for name, shape in (("image_by_layer", img_shape), ("text_by_layer", txt_shape)):
@@ -129,7 +130,7 @@ def modality_gap_profile(image_by_layer: Any, text_by_layer: Any, pairing: Pairi
             raise ValueError(f"{name} must be a 3-D array [layers, n, d], got shape {tuple(shape)}.")
     if img_shape[0] != txt_shape[0]:
         raise ValueError(f"image_by_layer has {img_shape[0]} layers but text_by_layer has {txt_shape[0]}.")
-    rows = [(layer, *abs_cosine_quartiles(image_by_layer[layer], text_by_layer[layer], pairing, absolute=absolute))
+    rows = [(layer, *cosine_quartiles(image_by_layer[layer], text_by_layer[layer], pairing, absolute=absolute))
             for layer in range(img_shape[0])]
     return pd.DataFrame(rows, columns=["layer", "q1", "median", "q3"])
 

@@ -58,27 +58,33 @@ def _class_ids(base_class_ids: Any, target_class_ids: Any, n: int, what: str) ->
     return base, target
 
 
-def switch_rate(clean_logits: Any, patched_logits: Any, base_class_ids: Any, target_class_ids: Any) -> float:
-    """Share of all pairs whose logit difference changes sign under patching (Fig. A2, the authors' count).
+def logit_sign_flips(clean_logits: Any, patched_logits: Any, base_class_ids: Any, target_class_ids: Any) -> np.ndarray:
+    """Per pair: whether logit[target class] - logit[base class] changes sign under patching (Fig. A2).
 
-    For pair i, d_i = logit[target_class_ids[i]] - logit[base_class_ids[i]] at the predicted
-    position, once on the unpatched base input (``clean_logits``) and once after patching
-    (``patched_logits``), both ``[n, vocab]``; the ids are the first token of each class name.
-    A switch is sign(d_clean) != sign(d_patched), counted over every pair (a zero difference
-    has sign 0, as with ``torch.sign`` in the authors' code). Usually d_clean < 0 (the base
-    image favours its own class) and a switch means the target class now wins.
+    ``clean_logits`` (the unpatched base input) and ``patched_logits`` are ``[n, vocab]``
+    logits at the predicted position; the ids (one per pair) are the first token of each
+    class name. Pair i flips when sign(d_clean) != sign(d_patched), with
+    d = logit[target_class_ids[i]] - logit[base_class_ids[i]]; a zero difference has sign 0,
+    as with ``torch.sign`` in the authors' code. Returns a bool array ``[n]``.
     """
     clean = as_float_array(clean_logits, "clean_logits", 2)
     patched = as_float_array(patched_logits, "patched_logits", 2)
     if clean.shape != patched.shape:
         raise ValueError(f"clean_logits and patched_logits must have the same shape, got {clean.shape} and {patched.shape}.")
     base, target = _class_ids(base_class_ids, target_class_ids, len(clean), "logit rows")
-    if max(base.max(), target.max()) >= clean.shape[1] or min(base.min(), target.min()) < 0:
+    if min(base.min(), target.min()) < 0 or max(base.max(), target.max()) >= clean.shape[1]:
         raise ValueError(f"class ids must lie in [0, vocab) = [0, {clean.shape[1]}).")
     rows = np.arange(len(clean))
     d_clean = clean[rows, target] - clean[rows, base]
     d_patched = patched[rows, target] - patched[rows, base]
-    return float(np.mean(np.sign(d_clean) != np.sign(d_patched)))
+    return np.sign(d_clean) != np.sign(d_patched)
+
+
+def switch_rate(clean_logits: Any, patched_logits: Any, base_class_ids: Any, target_class_ids: Any) -> float:
+    """Share of ALL pairs whose target-minus-base logit difference flips sign under patching
+    (Fig. A2, the authors' count; see :func:`logit_sign_flips`). Usually the base image
+    favours its own class (d_clean < 0) and a flip means the target class now wins."""
+    return float(np.mean(logit_sign_flips(clean_logits, patched_logits, base_class_ids, target_class_ids)))
 
 
 def switch_rate_argmax(pred_patched: Any, base_class_ids: Any, target_class_ids: Any) -> float:
