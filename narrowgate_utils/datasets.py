@@ -13,13 +13,16 @@ Datasets (all return :class:`~narrowgate_utils.data.sample.Sample` lists):
 :func:`load_training_mix` concatenates several datasets ("llava_instruct+vqav2"), the paper's
 fine-tuning mix of instruction and VQA samples.
 
-Real datasets are read from local folders (``data_dir``); nothing is downloaded. Subsets are
+Real datasets are read from local folders (``data_dir``, by default ``data/downloads/<dataset>/``
+of the repository or ``$NARROWGATE_DATA/<dataset>/``; ``data/README.md`` has a fetch recipe per
+dataset); nothing is downloaded. Subsets are
 chosen on metadata first (numpy ``default_rng(seed)``), so only the selected images are opened,
 and are returned in dataset order. The paper evaluates on 2000 items drawn with seed 42.
 """
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -40,14 +43,16 @@ PAPER_N_EVAL, PAPER_SEED = 2000, 42
 #: dataset -> module of narrowgate_utils.data whose docstring documents the expected folder layout
 _MODULES = {"imagenet": "imagenet", "flickr30k": "flickr30k", "coco_karpathy": "coco", "vqav2": "vqav2",
             "llava_instruct": "llava_instruct"}
+#: environment variable naming a folder with one sub-folder per dataset (default: <repo>/data/downloads)
+DATA_ENV = "NARROWGATE_DATA"
 
 
 def load_samples(dataset: str = "toy", split: str | None = None, n: int | None = None, seed: int = PAPER_SEED,
                  data_dir: str | Path | None = None, classes: str | None = None) -> list[Sample]:
     """Load ``n`` samples of ``dataset``/``split`` (all when ``n`` is None), seeded by ``seed``.
 
-    ``split`` defaults to :data:`DEFAULT_SPLITS` (the split the paper uses). ``data_dir`` is
-    required for every dataset except ``toy``. ``classes`` applies to ``imagenet`` only:
+    ``split`` defaults to :data:`DEFAULT_SPLITS` (the split the paper uses). ``data_dir``
+    defaults to :func:`default_data_dir` (unused for ``toy``). ``classes`` applies to ``imagenet`` only:
     None/"paper" for the 100 animal classes, "patching" for the 20 classes of the patching pairs.
     Images of the selected samples are decoded eagerly (the full 10,000-image ImageNet subset
     takes several GB of RAM; pass ``n`` to bound it).
@@ -62,8 +67,12 @@ def load_samples(dataset: str = "toy", split: str | None = None, n: int | None =
         from .data.toy import toy_dataset
         return toy_dataset(split, n, seed)
     if data_dir is None:
-        raise ValueError(f"dataset={dataset!r} is read from local files: pass data_dir=<folder with the {dataset} files> "
-                         f"(see the docstring of narrowgate_utils.data.{_MODULES[dataset]} for the expected layout).")
+        data_dir = default_data_dir(dataset)
+        if not data_dir.is_dir():
+            raise ValueError(f"dataset={dataset!r} is read from local files and its default folder {data_dir} does not "
+                             f"exist: fetch it there with data/fetch_{dataset}.sh (data/README.md; ${DATA_ENV} moves "
+                             f"the download area), or pass data_dir=<folder with the {dataset} files> (layout: the "
+                             f"docstring of narrowgate_utils.data.{_MODULES[dataset]}).")
     root = require_dir(Path(data_dir), f"the {dataset} data folder", "pass an existing folder as data_dir")
     if dataset == "imagenet":
         from .data.imagenet import load_imagenet
@@ -87,8 +96,8 @@ def load_training_mix(datasets: str | Sequence[str], split: str | None = None, n
 
     ``datasets`` is a name, a "+"-joined string ("llava_instruct+vqav2", the paper's fine-tuning
     mix) or a list. ``data_dir`` is one folder (one real dataset), a list/"+"-joined
-    string in the order of ``datasets``, or a {dataset: folder} mapping. ``split=None`` means
-    ``train`` for every dataset.
+    string in the order of ``datasets``, a {dataset: folder} mapping, or None (each dataset's
+    :func:`default_data_dir`). ``split=None`` means ``train`` for every dataset.
     """
     names = [d.strip() for d in (datasets.split("+") if isinstance(datasets, str) else datasets)]
     if not names or any(not name for name in names) or len(set(names)) != len(names):
@@ -117,6 +126,16 @@ def load_training_mix(datasets: str | Sequence[str], split: str | None = None, n
     for name in names:
         samples += load_samples(name, split=split or "train", n=n, seed=seed, data_dir=folders.get(name))
     return samples
+
+
+def default_data_dir(dataset: str) -> Path:
+    """The folder read when ``data_dir`` is None: ``$NARROWGATE_DATA/<dataset>`` if that variable
+    is set, else ``data/downloads/<dataset>`` of the repository (where the data/ recipes fetch to)."""
+    _check_dataset(dataset)
+    if dataset == "toy":
+        raise ValueError("The toy world is generated, not read from files: it has no data folder.")
+    base = os.environ.get(DATA_ENV)
+    return Path(base).expanduser() / dataset if base else Path(__file__).resolve().parents[1] / "data" / "downloads" / dataset
 
 
 def patching_pairs(dataset: str = "toy") -> list[tuple[str, str]]:

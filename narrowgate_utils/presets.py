@@ -78,7 +78,7 @@ _TABLE: dict[str, dict[str, tuple[Any, Any, str]]] = {
     "06": {
         "finetune": ("toy", "paper", "later version: LoRA rank 128, alpha 256, AdamW wd 0.1, cosine lr 2e-5, batch 128, 1 epoch"),
         "train_dataset": ("toy", "llava_instruct+vqav2", "later version: 7.5k LLaVA-Instruct-150K + 7.5k VQAv2 train"),
-        "n_train": (1_000, 15_000, "later version: 15k fine-tuning samples"),
+        "n_train": (1_000, 7_500, "later version: 15k fine-tuning samples, 7.5k from each of the two datasets (n_train is per dataset)"),
         "dataset": ("toy", "vqav2", "evaluation as in Table 1"),
         "n_samples": (200, 2_000, "Sec. 4.3: 2,000 evaluation samples"),
         "image_size": (None, 256, "as chapter 04 (VQA and captions at 256×256)"),

@@ -1,10 +1,13 @@
 """Tiny dataset folders in the official layouts, written by the tests (no downloads)."""
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 from PIL import Image
+
+from narrowgate_utils.data.imagenet import shipped_wnids
 
 
 def write_image(path: Path, color: tuple[int, int, int], mode: str = "RGB") -> None:
@@ -48,3 +51,41 @@ def write_llava_instruct(root: Path) -> None:
     (root / "llava_instruct_150k.json").write_text(json.dumps(entries))
     for k, image in enumerate(sorted({image for _, image, _ in LLAVA_CONVERSATIONS})):
         write_image(root / "train2017" / image, (0, 40 * k, 0))
+
+
+def write_imagenet_wnid_folders(root: Path, per_class: int = 2) -> None:
+    """The official train layout, wnid folders only (no mapping file), for every shipped class.
+
+    Pixel (k, j, 100) marks image j of the k-th class of ``shipped_wnids()``.
+    """
+    for k, wnid in enumerate(shipped_wnids().values()):
+        for j in range(per_class):
+            write_image(root / "train" / wnid / f"{wnid}_{j}.JPEG", (k, j, 100))
+
+
+#: Karpathy split of each image of the Flickr30k CSV fixture (file name 2000+k.jpg)
+FLICKR_CSV_SPLITS = ["train", "test", "val", "train", "test"]
+
+
+def write_flickr30k_csv(root: Path) -> None:
+    """The nlphuji/flickr30k layout: ``flickr_annotations_30k.csv`` + ``flickr30k-images/``."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "flickr_annotations_30k.csv", "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["raw", "sentids", "split", "filename", "img_id"])
+        for k, split in enumerate(FLICKR_CSV_SPLITS):
+            captions = [f'Image {k}, caption "{c}".' for c in range(5)]
+            writer.writerow([json.dumps(captions), json.dumps(list(range(5 * k, 5 * k + 5))), split, f"{2000 + k}.jpg", k])
+    for k in range(len(FLICKR_CSV_SPLITS)):
+        write_image(root / "flickr30k-images" / f"{2000 + k}.jpg", (0, 30 * k, 0))
+
+
+def write_coco_karpathy(root: Path) -> None:
+    """``dataset_coco.json`` with three val2014 test images and one restval image (val2014 too)."""
+    splits = ["test", "restval", "test", "test"]
+    entries = [{"filepath": "val2014", "filename": f"COCO_val2014_{600 + k:012d}.jpg", "cocoid": 600 + k, "split": split,
+                "sentences": [{"raw": f"coco caption {c} of {k}"} for c in range(5)]} for k, split in enumerate(splits)]
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dataset_coco.json").write_text(json.dumps({"images": entries, "dataset": "coco"}))
+    for k, entry in enumerate(entries):
+        write_image(root / entry["filepath"] / entry["filename"], (0, 0, 50 * k))

@@ -23,7 +23,7 @@ def test_paper_values_match_the_paper():
     assert (p05["classes"], p05["per_pair"], p05["n_samples"], p05["layer_step"]) == ("patching", 100, 2_000, 4)
     assert p05["sites"][0] == "resid_in" and p05["image_size"] == 512
     p06 = presets.preset_values("06", "paper")
-    assert (p06["finetune"], p06["n_train"], p06["train_dataset"]) == ("paper", 15_000, "llava_instruct+vqav2")
+    assert (p06["finetune"], p06["n_train"], p06["train_dataset"]) == ("paper", 7_500, "llava_instruct+vqav2")
 
 
 def test_toy_and_paper_share_parameter_names():

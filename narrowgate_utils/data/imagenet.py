@@ -1,16 +1,22 @@
 """The paper's ImageNet subset: 100 animal classes x 100 images (Supp. Sec. 8.2).
 
-Expected layout (the standard ImageNet class-folder layout)::
+Expected layout (the standard ImageNet class-folder layout; recipe: data/imagenet.md)::
 
     data_dir/
-        LOC_synset_mapping.txt        # "n01440764 tench, Tinca tinca" (Kaggle ILSVRC archive)
-          or class_index.json         # {"n01440764": "tench", ...} (or Keras' {"0": ["n01440764", "tench"]})
         train/n01440764/*.JPEG        # one folder per WordNet id (wnid); `split` names the folder
-        val/n01440764/*.JPEG          # (the flat Kaggle val folder must first be sorted into wnid folders)
+        val/n01440764/*.JPEG          # (the flat official val folder must first be sorted into wnid folders)
+        LOC_synset_mapping.txt        # optional: "n01440764 tench, Tinca tinca" (Kaggle ILSVRC archive)
+          or class_index.json         # optional: {"n01440764": "tench", ...} (or Keras' {"0": ["n01440764", "tench"]})
 
-The paper names classes by WordNet synset (``staffordshire_bullterrier.n.01``). A synset is
-matched to a wnid through its lemma: the part before ``.n.NN`` must equal the *first* name of
-the wnid's mapping entry, lowercased with spaces turned into underscores ("Staffordshire
+Only the class folders of the classes used are needed: the wnid of every class of both class
+sets ships in ``narrowgate_utils/resources/imagenet_wnids.tsv`` (from the ILSVRC-2012 synset
+list), so the official train archive extracted into wnid folders is enough (the devkit is not
+read), and so is the Kaggle archive's ``ILSVRC/Data/CLS-LOC`` folder as data_dir.
+
+When data_dir holds a mapping file, it is used instead (e.g. for a re-indexed copy). The paper
+names classes by WordNet synset (``staffordshire_bullterrier.n.01``); through a mapping file a
+synset is matched to a wnid by its lemma: the part before ``.n.NN`` must equal the *first* name
+of the wnid's mapping entry, lowercased with spaces turned into underscores ("Staffordshire
 bullterrier, Staffordshire bull terrier" -> ``staffordshire_bullterrier``). The sense number is
 not checked (the mapping files do not carry it); a lemma shared by two wnids is an error.
 Prompts show the lemma with spaces ("staffordshire bullterrier").
@@ -33,6 +39,8 @@ from .sample import Sample
 PAPER_IMAGES_PER_CLASS = 100
 CLASS_SETS = ("paper", "patching")
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+#: package resource: WordNet name<TAB>wnid<TAB>ILSVRC-2012 entry, for every class of both class sets
+WNID_RESOURCE = "imagenet_wnids.tsv"
 _HOW = ("ImageNet ILSVRC-2012 from image-net.org or the Kaggle 'imagenet-object-localization-challenge' archive, "
         "which ships LOC_synset_mapping.txt")
 
@@ -61,6 +69,16 @@ def imagenet_classes(classes: str | None = None) -> tuple[str, ...]:
     if classes == "patching":
         return tuple(name for pair in imagenet_patching_pairs() for name in pair)
     raise ValueError(f"Unknown ImageNet class set {classes!r}; use one of {CLASS_SETS} (or None for 'paper').")
+
+
+@lru_cache(maxsize=1)
+def shipped_wnids() -> dict[str, str]:
+    """WordNet name -> wnid of every class of both class sets (``resources/imagenet_wnids.tsv``)."""
+    wnids = {}
+    for line in _resource_lines(WNID_RESOURCE):
+        name, wnid, _entry = line.split("\t")
+        wnids[name] = wnid
+    return wnids
 
 
 def lemma(wordnet_name: str) -> str:
@@ -124,6 +142,14 @@ def resolve_wnids(wordnet_names: tuple[str, ...], wnid_names: dict[str, str], so
     return [by_lemma[lemma(name)][0] for name in wordnet_names]
 
 
+def class_wnids(wordnet_names: tuple[str, ...], root: Path) -> list[str]:
+    """The wnid of each class: from a mapping file in ``root`` when there is one, else shipped."""
+    if (root / "LOC_synset_mapping.txt").is_file() or (root / "class_index.json").is_file():
+        return resolve_wnids(wordnet_names, read_wnid_names(root), root)
+    shipped = shipped_wnids()
+    return [shipped[name] for name in wordnet_names]
+
+
 def _class_files(folder: Path) -> list[str]:
     return sorted(entry.name for entry in os.scandir(folder)
                   if entry.is_file() and entry.name.lower().endswith(IMAGE_SUFFIXES))
@@ -137,16 +163,18 @@ def load_imagenet(root: Path, split: str = "train", n: int | None = None, seed: 
         raise ValueError(f"per_class must be >= 1, got {per_class}.")
     root = Path(root)
     wordnet_names = imagenet_classes(classes)
-    wnids = resolve_wnids(wordnet_names, read_wnid_names(root), root)
+    wnids = class_wnids(wordnet_names, root)
     split_dir = root / split
     if not split_dir.is_dir():
-        available = sorted(p.name for p in root.iterdir() if p.is_dir())
+        available = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
         raise ValueError(f"Missing ImageNet split folder: expected {split_dir} with one sub-folder per wnid "
-                         f"(found folders {available}; pass split=<one of them>; {_HOW}).")
+                         f"(found folders {available}; pass split=<one of them>). The wnids come from "
+                         f"narrowgate_utils/resources/{WNID_RESOURCE}, or from a LOC_synset_mapping.txt or "
+                         f"class_index.json in {root} when present ({_HOW}; data/fetch_imagenet.sh extracts them).")
     missing = [wnid for wnid in wnids if not (split_dir / wnid).is_dir()]
     if missing:
         raise ValueError(f"{len(missing)} class folder(s) missing under {split_dir}, e.g. {split_dir / missing[0]} "
-                         f"(needed wnids: {missing[:5]}; {_HOW}).")
+                         f"(needed wnids: {missing[:5]}; data/fetch_imagenet.sh extracts exactly the needed ones; {_HOW}).")
     items: list[tuple[int, str, str]] = []  # (label, wnid, file name)
     short: dict[str, int] = {}
     for label, (name, wnid) in enumerate(zip(wordnet_names, wnids)):
