@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
+
+from .console import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ class ActivationStore:
         if self.has(key_params):
             return self.load(key_params)
         keys = [{"part_of": _canonical(key_params), "part": i, "n_parts": n_parts} for i in range(n_parts)]
-        for i in tqdm(range(n_parts), desc=progress, leave=False, disable=not progress):
+        for i in progress_bar(range(n_parts), progress, show=bool(progress), leave=False):
             if not self.has(keys[i]):
                 self.save(keys[i], compute_part(i))
         records = [json.loads(self.paths(key)[1].read_text())["arrays"] for key in keys]

@@ -34,9 +34,10 @@ import re
 import shutil
 import tempfile
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -44,9 +45,9 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from .atomic import atomic_path
+from .console import progress_bar
 from .data.sample import Sample
 from .experiments.common import CAPTION_PROMPT, CLASS_PROMPTS, VQA_PROMPT, model_fingerprint
 from .interventions import knockout_attention
@@ -293,6 +294,14 @@ def lora_config(adapter: Adapter, config: FinetuneConfig):
                       target_modules=lora_target_regex(adapter, config.include_mlp))
 
 
+@contextmanager
+def _peft_quietly() -> Iterator[None]:
+    """Hide the FutureWarning transformers raises when peft reads ``is_gradient_checkpointing``."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def _check_lora_placement(adapter: Adapter, model: torch.nn.Module, config: FinetuneConfig) -> None:
     prefix = "base_model.model." + _layers_prefix(adapter) + "."
     wrapped = {name.split(".lora_", 1)[0] for name in lora_parameter_names(model)}
@@ -458,7 +467,8 @@ def finetune_lora(adapter: Adapter, samples: Sequence[Sample], config: FinetuneC
     flags = {name: p.requires_grad for name, p in base.named_parameters()}
     was_training = base.training
     torch.manual_seed(config.seed)
-    model = get_peft_model(base, lora_config(adapter, config))
+    with _peft_quietly():
+        model = get_peft_model(base, lora_config(adapter, config))
     try:
         _check_lora_placement(adapter, model, config)
         if config.gradient_checkpointing:
@@ -471,8 +481,8 @@ def finetune_lora(adapter: Adapter, samples: Sequence[Sample], config: FinetuneC
         if checkpoint is not None:
             step, curve, elapsed = _load_checkpoint(checkpoint, model, optimizer, scheduler, fingerprint)
         model.train()
-        bar = tqdm(total=stop, initial=step, desc=f"LoRA {'masked' if config.mask_eoi else 'control'}",
-                   disable=not progress)
+        bar = progress_bar(total=stop, initial=step, desc=f"LoRA {'masked' if config.mask_eoi else 'control'}",
+                           show=progress)
         while step < stop:
             start = time.perf_counter()
             indices = _step_examples(step, len(examples), config)
@@ -549,7 +559,8 @@ def load_finetuned(model_id_or_adapter: str | Path | Adapter, adapter_dir: str |
     else:
         source = load(model_id_or_adapter, **load_kwargs)
         base = source.model
-    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    with _peft_quietly():
+        merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     merged.eval()
     digest = hashlib.sha256((adapter_dir / ADAPTER_FILES[0]).read_bytes()).hexdigest()[:10]
     model_id = f"{source.model_id}+lora:{adapter_dir.resolve().name}:{digest}"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,8 +23,8 @@ from transformers.models.llama.modeling_llama import repeat_kv
 
 from .layout import Batch
 from .models.base import Adapter
-from .tracing import (PositionSpec, check_site, collect_residual, envoy_of, first_hidden_input, hidden_of,
-                      model_inputs, resolve_positions, trace, traced)
+from .tracing import (PositionSpec, check_site, collect_residual, envoy_of, first_hidden_input, hidden_of, index_on,
+                      model_inputs, replace_hidden_input, resolve_positions, site_module, trace, traced)
 
 KNOCKOUT_MODES = ("post_softmax", "pre_softmax")
 #: name under which the knockout attention (and its eager-style mask) is registered in transformers
@@ -36,13 +36,19 @@ _UNSUPPORTED_KWARGS = ("sinks", "s_aux", "softcap")
 # ------------------------------------------------------------------------------ knockout
 @dataclass(frozen=True)
 class _KnockoutSpec:
-    """One active knockout: which attention modules, which (query, key) pairs, how."""
+    """One active knockout: which attention modules, which (query, key) pairs, how.
+
+    The blocked-pair mask is built once per ``(rows, q_len, k_len, device)`` and reused by every
+    layer and every forward inside the knockout context (``masks``); it is built from the small
+    per-position vectors directly on the device of the attention scores it masks.
+    """
 
     module_ids: frozenset[int]
     sources: torch.Tensor   # bool [rows, prompt_len]: blocked key positions
     targets: torch.Tensor   # bool [rows, prompt_len]: blocked query positions
     block_generated: bool   # queries beyond the prompt (generated tokens) are targets too
     mode: str
+    masks: dict[tuple[int, int, int, torch.device], torch.Tensor] = field(default_factory=dict, compare=False)
 
     def block(self, rows: int, q_len: int, k_len: int, device: torch.device) -> torch.Tensor:
         """Bool ``[rows, 1, q_len, k_len]``; queries are the last ``q_len`` of ``k_len`` positions (KV cache)."""
@@ -50,14 +56,18 @@ class _KnockoutSpec:
         if rows != n_rows:
             raise ValueError(f"The knockout was set up for a batch of {n_rows} rows but the model ran {rows} rows; "
                              "run the forward/generate on the same batch (no beam search or extra rows).")
-        query_pos = torch.arange(k_len - q_len, k_len)
-        in_prompt = query_pos < prompt_len
-        targets = torch.full((rows, q_len), self.block_generated, dtype=torch.bool)
-        targets[:, in_prompt] = self.targets[:, query_pos[in_prompt]]
-        sources = torch.zeros(rows, k_len, dtype=torch.bool)
-        width = min(k_len, prompt_len)
-        sources[:, :width] = self.sources[:, :width]
-        return (targets[:, None, :, None] & sources[:, None, None, :]).to(device)
+        key = (rows, q_len, k_len, torch.device(device))
+        if key not in self.masks:
+            query_pos = torch.arange(k_len - q_len, k_len)
+            in_prompt = query_pos < prompt_len
+            targets = torch.full((rows, q_len), self.block_generated, dtype=torch.bool)
+            targets[:, in_prompt] = self.targets[:, query_pos[in_prompt]]
+            sources = torch.zeros(rows, k_len, dtype=torch.bool)
+            width = min(k_len, prompt_len)
+            sources[:, :width] = self.sources[:, :width]
+            targets, sources = targets.to(device), sources.to(device)
+            self.masks[key] = targets[:, None, :, None] & sources[:, None, None, :]
+        return self.masks[key]
 
 
 _ACTIVE: list[_KnockoutSpec] = []
@@ -189,9 +199,14 @@ def patch_activation(adapter: Adapter, base_batch: Batch, source_batch: Batch, p
 
     ``site="resid"``: the residual stream x^l of the source replaces the base's at each layer
     in ``layers`` (usually one layer l; it then propagates through the residual connection).
+    ``site="resid_in"``: the layer *input* x^{l-1} is replaced (the authors' Fig. 6 left / A2
+    site; at l = 0 that is the embedding output), i.e. ``resid`` at l - 1 for l >= 1.
     ``site="attn_in"``: the attention-block input x_in^l (what attention reads at that
     position: its query, key and value) is replaced in every layer of ``layers`` (the paper
-    uses l..L-1), while the base residual stream itself is left alone.
+    uses l..L-1), while the base residual stream itself is left alone. Module inputs are
+    cloned before the write and handed to the module in place of the original, positional or
+    keyword: the original tensor is shared (the previous layer's output or the embeddings;
+    in Chameleon-30B's swin layers the attention input *is* the residual stream).
 
     ``position`` is resolved separately in each batch (different lengths and padding are
     fine); row i of the base is paired with row i of the source and both must select the same
@@ -200,6 +215,7 @@ def patch_activation(adapter: Adapter, base_batch: Batch, source_batch: Batch, p
     """
     check_site(site)
     selected = sorted(set(adapter.check_layers(layers)))
+    envoys = [envoy_of(adapter, site_module(adapter, l, site)) for l in selected]
     if not selected:
         raise ValueError("layers is empty; pass the layer(s) to patch, e.g. layers=[l] or range(l, n_layers).")
     if len(base_batch) != len(source_batch):
@@ -214,16 +230,19 @@ def patch_activation(adapter: Adapter, base_batch: Batch, source_batch: Batch, p
     # activations of the SOURCE input, [n_layers, batch, n_pos, d]
     source_values = collect_residual(adapter, source_batch, source_positions, selected, site)
     inputs = model_inputs(adapter, base_batch)
-    device = inputs["input_ids"].device
-    index = torch.tensor(base_positions, dtype=torch.long, device=device)
-    rows = torch.arange(len(base_batch), device=device)[:, None]
-    envoys = [envoy_of(adapter, adapter.attention(l) if site == "attn_in" else adapter.layers[l]) for l in selected]
     root = traced(adapter)
     logits: list[torch.Tensor] = []
     with trace(adapter, inputs):
         for k, envoy in enumerate(envoys):
-            hidden = first_hidden_input(envoy.inputs) if site == "attn_in" else hidden_of(envoy.output)
+            if site == "resid":  # the layer's own fresh output tensor: written in place
+                hidden = hidden_of(envoy.output)
+            else:
+                module_inputs = envoy.inputs
+                hidden = first_hidden_input(module_inputs).clone()
+            rows, index = index_on(hidden, base_positions)
             hidden[rows, index] = source_values[k].to(device=hidden.device, dtype=hidden.dtype)
+            if site != "resid":
+                envoy.inputs = replace_hidden_input(module_inputs, hidden)
         output_logits = root.output.logits
         logits.append((output_logits if full_logits else output_logits[:, -1]).detach().to(torch.float32).cpu())
     return logits[0]

@@ -4,7 +4,11 @@ A :class:`TokenLayout` is produced by a model-family adapter (the only code that
 family's special tokens) and consumed by everything else through *named positions*, so
 analysis code never does index arithmetic.
 
-All indices are absolute positions in the (possibly left-padded) sequence.
+All indices are positions in the (possibly left-padded) batch row. The named position
+``abs:N`` is the paper's way of counting ("the 32nd token" of Chameleon-7B, "the 1025th" of
+Pixtral-12B): sequence position ``N`` of the unpadded prompt, counted from its first token
+(BOS = 0), i.e. row index ``N + pad_offset``, so it names the same token in every row of a
+left-padded batch.
 """
 from __future__ import annotations
 
@@ -28,8 +32,22 @@ POSITION_NAMES = (
     "text_last",      # the last token of the sequence (where the next token is predicted)
     "prompt_text",    # text tokens before the image (text-then-image prompts)
     "random_image:K", # K image content tokens drawn with the caller's RNG
-    "image_index:N",  # the N-th image content token (1-based, as "the 32nd image token")
+    "image_index:N",  # the N-th image content token (1-based; separators and [SOI] not counted)
+    "abs:N",          # sequence position N of the unpadded prompt (BOS = 0): row index N + pad_offset
 )
+
+
+class PositionOutOfRange(ValueError):
+    """A numbered position (``image_index:N``, ``abs:N``) that this sequence does not have,
+    e.g. because its image is shorter; callers may skip such a position instead of failing."""
+
+
+def _position_number(name: str) -> int:
+    """The ``N`` of ``"prefix:N"``, with a clear error for anything but a non-negative integer."""
+    text = name.split(":", 1)[1]
+    if not text.isdigit():
+        raise ValueError(f"Position '{name}' needs a non-negative integer after ':', got '{text}'.")
+    return int(text)
 
 
 @dataclass(frozen=True)
@@ -80,19 +98,33 @@ class TokenLayout:
 
     # -------------------------------------------------------------- resolving
     def resolve(self, name: str, rng: np.random.Generator | None = None) -> list[int]:
-        """Turn a named position (see :data:`POSITION_NAMES`) into absolute indices."""
+        """Turn a named position (see :data:`POSITION_NAMES`) into row indices of the batch.
+
+        ``image_index:N`` counts image content tokens (1-based); ``abs:N`` counts sequence
+        positions from the first non-pad token (0-based, BOS = 0, as the authors index the
+        "32nd" Chameleon and "1025th" Pixtral tokens) and returns ``N + pad_offset``. Both
+        raise :class:`PositionOutOfRange` when this sequence is too short.
+        """
         if name.startswith("random_image:"):
-            k = int(name.split(":", 1)[1])
+            k = _position_number(name)
             if rng is None:
                 raise ValueError(f"Position '{name}' needs a numpy Generator: pass rng=np.random.default_rng(seed).")
             if k > len(self.image_positions):
                 raise ValueError(f"Position '{name}' asks for {k} image tokens but the image has {len(self.image_positions)}.")
             return sorted(int(i) for i in rng.choice(self.image_positions, size=k, replace=False))
         if name.startswith("image_index:"):
-            n = int(name.split(":", 1)[1])
+            n = _position_number(name)
             if not 1 <= n <= len(self.image_positions):
-                raise ValueError(f"Position '{name}' is out of range: the image has {len(self.image_positions)} tokens (1-based).")
+                raise PositionOutOfRange(f"Position '{name}' is out of range: the image has "
+                                         f"{len(self.image_positions)} content tokens (1-based).")
             return [self.image_positions[n - 1]]
+        if name.startswith("abs:"):
+            n = _position_number(name)
+            length = self.seq_len - self.pad_offset
+            if n >= length:
+                raise PositionOutOfRange(f"Position '{name}' is out of range: the unpadded prompt has {length} "
+                                         f"tokens (positions 0..{length - 1}, BOS = 0).")
+            return [n + self.pad_offset]
         table: dict[str, tuple[int, ...]] = {
             "eoi": (self.eoi,),
             "soi": (self.soi,) if self.soi is not None else (),

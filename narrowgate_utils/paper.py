@@ -10,14 +10,17 @@ import pandas as pd
 CITATION = "Serra et al., The Narrow Gate (arXiv 2412.06646)"
 
 #: Table 1 and Table A2: task scores under attention knockout (VQAv2 accuracy, CIDEr on
-#: Flickr30k and MS-COCO, and χ^{out,gt} on the ImageNet prompt).
+#: Flickr30k and MS-COCO, and χ^{out,gt} on the ImageNet prompt). The paper's "32nd" and
+#: "1025" tokens are absolute sequence positions (BOS = 0), hence the ``abs:N`` names:
+#: Chameleon-7B's position 32 is its 31st VQ code ([SOI] sits at 1); Pixtral's 1025 counts
+#: BOS and the [IMG_BREAK] tokens.
 _TABLE1 = [
     # model, ablation, vqav2, flickr, coco, imagenet_chi
     ("Chameleon-7B", "none", 0.51, 0.23, 0.35, 0.46),
     ("Chameleon-7B", "eoi", 0.25, 0.04, 0.03, 0.01),
     ("Chameleon-7B", "img_to_text", 0.40, 0.13, 0.21, 0.47),
     ("Chameleon-7B", "last_image", 0.42, 0.17, 0.25, 0.46),
-    ("Chameleon-7B", "image_index:32", 0.51, 0.23, 0.34, 0.46),
+    ("Chameleon-7B", "abs:32", 0.51, 0.23, 0.34, 0.46),
     ("Chameleon-7B", "random", 0.51, 0.21, 0.31, 0.46),
     ("Chameleon-34B", "none", 0.59, 0.38, 0.42, 0.43),
     ("Chameleon-34B", "eoi", 0.39, 0.02, 0.02, 0.04),
@@ -29,7 +32,7 @@ _TABLE1 = [
     ("Pixtral-12B", "eoi", 0.77, 0.53, 0.58, 0.61),
     ("Pixtral-12B", "img_to_text", 0.37, 0.00, 0.01, 0.06),
     ("Pixtral-12B", "last_image", 0.77, 0.49, 0.59, 0.62),
-    ("Pixtral-12B", "image_index:1025", 0.77, 0.46, 0.55, 0.61),
+    ("Pixtral-12B", "abs:1025", 0.77, 0.46, 0.55, 0.61),
     ("Pixtral-12B", "row_separators", 0.76, 0.46, 0.54, 0.61),
     ("Pixtral-12B", "random", 0.77, 0.46, 0.55, 0.61),
 ]
@@ -52,8 +55,9 @@ HEADLINES: dict[str, list[tuple[str, str]]] = {
     ],
     "fig3_cross_modal_attention": [
         ("Chameleon-7B [EOI] share of text→image attention", "> 40% in layers 2–6; 8–12% mid; > 37% in the last two"),
-        ("Chameleon-7B 32nd image token", "> 60% in layers 8–11"),
-        ("Pixtral-12B 1025th image token", "17–46% from layer 4 on; [EOL]s ≈ 20% in layers 20–35"),
+        ("Chameleon-7B token at absolute position 32 (the 31st VQ code)", "> 60% in layers 8–11"),
+        ("Pixtral-12B token at absolute position 1025 (BOS and [EOL]s counted)",
+         "17–46% from layer 4 on; [EOL]s ≈ 20% in layers 20–35"),
     ],
     "fig4_neighborhood_overlap": [
         ("Chameleon-7B χ of [EOI]", "≈ 0 in layers 0–4, > 0.4 from layer 9 on"),

@@ -1,10 +1,13 @@
 """One plotting function per paper figure style; all take tidy DataFrames.
 
 Each function returns the matplotlib Figure; :func:`save_figure` writes PNG (small, for the
-book) and SVG (for papers) into an output directory.
+book) and SVG (for papers) into an output directory and, given a caption, shows the figure
+with it (:func:`figure_html`).
 """
 from __future__ import annotations
 
+import base64
+import html
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -32,14 +35,37 @@ def _panels(n: int, width: float = 4.6, height: float = 3.2) -> tuple[plt.Figure
     return fig, list(axes[0])
 
 
-def save_figure(fig: plt.Figure, output_dir: str | Path, name: str, dpi: int = 90) -> Path:
-    """Write ``name.png`` and ``name.svg`` atomically; returns the PNG path."""
+def figure_html(png: bytes, caption: str, name: str) -> str:
+    """A ``<figure>`` holding the PNG (inline, as a data URI) and ``caption`` (plain text) as its
+    ``<figcaption>``; its id ``figure-<name>`` is a link target in the book."""
+    text = html.escape(caption)
+    source = base64.b64encode(png).decode("ascii")
+    return (f'<figure class="narrowgate-figure" id="figure-{html.escape(name)}">'
+            f'<img src="data:image/png;base64,{source}" alt="{text}" style="max-width: 100%; height: auto;">'
+            f"<figcaption>{text}</figcaption></figure>")
+
+
+def save_figure(fig: plt.Figure, output_dir: str | Path, name: str, dpi: int = 90,
+                caption: str | None = None) -> Path:
+    """Write ``name.png`` and ``name.svg`` atomically; returns the PNG path.
+
+    With ``caption`` (what is plotted, and which paper figure it mirrors) the saved PNG is
+    displayed with the caption below it, in Jupyter and in the book, and ``fig`` is closed so
+    that the inline backend does not show it a second time.
+    """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     for suffix, kwargs in ((".png", {"dpi": dpi}), (".svg", {})):
         with atomic_path(output_dir / f"{name}{suffix}") as tmp:
             fig.savefig(tmp, bbox_inches="tight", format=suffix[1:], **kwargs)
-    return output_dir / f"{name}.png"
+    png = output_dir / f"{name}.png"
+    if caption:
+        from IPython.display import display
+
+        display({"text/html": figure_html(png.read_bytes(), caption, name), "text/plain": f"Figure: {caption}"},
+                raw=True)
+        plt.close(fig)
+    return png
 
 
 def plot_modality_gap(gap: pd.DataFrame, homogeneity: pd.DataFrame | None = None) -> plt.Figure:

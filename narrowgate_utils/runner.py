@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from .atomic import atomic_path, write_csv
+from .console import display_path
 
 #: the chapter notebooks of a repository checkout (`--notebooks all` runs every `NN_*.ipynb` in order)
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
@@ -52,7 +53,7 @@ def run_notebooks(model_id: str, notebooks: list[Path], output: Path, parameters
     for notebook in notebooks:
         target = output / notebook.name
         if target.exists() and not force:
-            print(f"skip  {notebook.stem} (already executed in {target}; --force to rerun)")
+            print(f"skip  {notebook.stem} (already executed in {display_path(target)}; --force to rerun)")
             done.append(target)
             continue
         print(f"run   {notebook.stem} for {model_id}", flush=True)
@@ -107,5 +108,5 @@ def run_command(args: argparse.Namespace) -> int:
     table = collect_results(output)
     write_csv(table, output / "results_table.csv")
     print(table.to_string(index=False))
-    print(f"\nresults table: {output / 'results_table.csv'}")
+    print(f"\nresults table: {display_path(output / 'results_table.csv')}")
     return 0

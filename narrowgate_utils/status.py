@@ -37,7 +37,7 @@ ROWS: tuple[StatusRow, ...] = (
     StatusRow(
         'fig3',
         '**Fig. 3**: Cross-modal attention $f_j^l$ per image position',
-        'Chameleon-7B: [EOI] takes over 40 % in layers 2–6, 8–12 % in the middle, over 37 % in the last two layers; the 32nd image token peaks above 60 % in layers 8–11. Pixtral-12B: the 1025th image token takes 17–46 % from layer 4 on, end-of-line tokens about 20 % in layers 20–35 (paper, Sec. 4.2)',
+        'Chameleon-7B: [EOI] takes over 40 % in layers 2–6, 8–12 % in the middle, over 37 % in the last two layers; the token at absolute position 32 peaks above 60 % in layers 8–11. Pixtral-12B: the token at absolute position 1025 takes 17–46 % from layer 4 on, end-of-line tokens about 20 % in layers 20–35 (paper, Sec. 4.2)',
         '`papermill notebooks/02_cross_modal_attention.ipynb out.ipynb -p model_id facebook/chameleon-7b -p preset paper -p data_dir /data/imagenet -p device cuda`',
     ),
     StatusRow(
@@ -170,6 +170,8 @@ def _finetune(results: Path) -> str | None:
     if table is None:
         return None
     metric = "class_accuracy" if "class_accuracy" in table else "vqa_accuracy"
+    if "mode" in table:
+        table = table[table["mode"] == "post_softmax"]  # the evaluation knockout of Table 1
     wide = table.pivot_table(index=["model", "variant"], columns="ablation", values=metric)
     return f"{metric} with [EOI] knocked out — " + "; ".join(
         f"{model} {variant}: {row['eoi']:.2f} (baseline {row['none']:.2f})" for (model, variant), row in wide.iterrows())

@@ -12,9 +12,15 @@ Conventions (paper Sec. 3.1):
   HF's ``output_hidden_states`` gives L+1 entries with ``hidden_states[l + 1] == x^l`` for
   every layer except the last: its final entry is taken *after* the final norm, whereas
   ``collect_residual`` returns the raw residual of the last layer.
+* ``site="resid_in"``: x^{l-1}, the residual stream *input* of decoder layer ``l`` (layer 0's
+  input is the embedding output x^0), the site the authors patch in Fig. 6 (left) / A2.
+  ``resid_in`` at ``l`` equals ``resid`` at ``l - 1`` for ``l >= 1``.
 * ``site="attn_in"``: x_in^l, what self-attention of layer ``l`` reads (its hidden-states
   input, i.e. the output of ``input_layernorm`` in pre-norm layers). It is taken from the
   attention module's own input, whether passed positionally or by keyword.
+
+Index tensors are built on the device of the tensor they index: with ``device_map="auto"``
+later layers (and their hidden states) sit on other GPUs than the inputs.
 """
 from __future__ import annotations
 
@@ -24,12 +30,12 @@ from typing import Any
 import numpy as np
 import torch
 from nnsight import NNsight
-from tqdm.auto import tqdm
 
+from .console import progress_bar
 from .layout import Batch
 from .models.base import Adapter
 
-SITES = ("resid", "attn_in")
+SITES = ("resid", "resid_in", "attn_in")
 #: a named position (resolved per row by the layouts) or explicit absolute indices per row
 PositionSpec = str | Sequence[Sequence[int]]
 
@@ -80,7 +86,7 @@ def model_inputs(adapter: Adapter, batch: Batch) -> dict[str, torch.Tensor]:
 def check_site(site: str) -> str:
     if site not in SITES:
         raise ValueError(f"Unknown site '{site}'; use one of {SITES} ('resid' = layer output x^l, "
-                         "'attn_in' = attention-block input x_in^l).")
+                         "'resid_in' = layer input x^{l-1}, 'attn_in' = attention-block input x_in^l).")
     return site
 
 
@@ -97,6 +103,26 @@ def first_hidden_input(inputs: tuple[tuple, dict]) -> torch.Tensor:
     if "hidden_states" in kwargs:
         return kwargs["hidden_states"]
     raise ValueError(f"Could not find the hidden-states input among keyword arguments {sorted(kwargs)}.")
+
+
+def replace_hidden_input(inputs: tuple[tuple, dict], hidden: torch.Tensor) -> tuple[tuple, dict]:
+    """``inputs`` (args, kwargs) with the ``hidden_states`` argument (see :func:`first_hidden_input`) swapped."""
+    args, kwargs = inputs
+    if args:
+        return (hidden, *args[1:]), kwargs
+    if "hidden_states" in kwargs:
+        return args, {**kwargs, "hidden_states": hidden}
+    raise ValueError(f"Could not find the hidden-states input among keyword arguments {sorted(kwargs)}.")
+
+
+def site_module(adapter: Adapter, layer: int, site: str) -> torch.nn.Module:
+    """The module whose output (``resid``) or input (``resid_in``, ``attn_in``) holds ``site`` of ``layer``."""
+    return adapter.attention(layer) if check_site(site) == "attn_in" else adapter.layers[layer]
+
+
+def read_site(envoy: Any, site: str) -> torch.Tensor:
+    """The hidden states of ``site`` from the envoy of :func:`site_module` (inside a trace)."""
+    return hidden_of(envoy.output) if site == "resid" else first_hidden_input(envoy.inputs)
 
 
 def resolve_positions(batch: Batch, positions: PositionSpec, rng: np.random.Generator | None = None,
@@ -123,16 +149,24 @@ def resolve_positions(batch: Batch, positions: PositionSpec, rng: np.random.Gene
     return resolved
 
 
-def _position_index(resolved: list[list[int]], device: torch.device) -> torch.Tensor:
+def _check_equal_counts(resolved: list[list[int]]) -> list[list[int]]:
     counts = {len(row) for row in resolved}
     if len(counts) != 1:
         raise ValueError(f"Rows select different numbers of positions ({sorted(counts)}); collect_residual stacks rows, "
                          "so choose a position that has the same count in every row (e.g. 'eoi', 'random_image:K').")
-    return torch.tensor(resolved, dtype=torch.long, device=device)
+    return resolved
 
 
-def _gather(hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
+def index_on(tensor: torch.Tensor, positions: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows, index)`` for ``tensor[rows, index]`` (one list of positions per batch row), built
+    on ``tensor``'s own device, whatever device the inputs were on."""
+    device = tensor.device
+    return (torch.arange(len(positions), device=device)[:, None],
+            torch.tensor(positions, dtype=torch.long, device=device))
+
+
+def _gather(hidden: torch.Tensor, positions: list[list[int]]) -> torch.Tensor:
+    rows, index = index_on(hidden, positions)
     return hidden[rows, index].detach().to(torch.float32).cpu()
 
 
@@ -152,7 +186,7 @@ def last_logits(adapter: Adapter, batch: Batch) -> torch.Tensor:
 def collect_residual(adapter: Adapter, batch: Batch, positions: PositionSpec, layers: Sequence[int] | None = None,
                      site: str = "resid", *, include_embeddings: bool = False,
                      rng: np.random.Generator | None = None) -> torch.Tensor:
-    """Residual stream x^l (eq. 1) or attention input x_in^l at the selected positions.
+    """Residual stream x^l (eq. 1), layer input x^{l-1} or attention input x_in^l at the selected positions.
 
     Returns a float32 CPU tensor ``[n_layers, batch, n_pos, d]`` (``n_layers + 1`` with
     ``include_embeddings``: x^0 comes first). Rows may select different absolute positions
@@ -160,19 +194,19 @@ def collect_residual(adapter: Adapter, batch: Batch, positions: PositionSpec, la
     """
     check_site(site)
     if include_embeddings and site != "resid":
-        raise ValueError("include_embeddings adds x^0 to the residual stream; it only applies to site='resid'.")
+        raise ValueError("include_embeddings adds x^0 to the residual stream; it only applies to site='resid' "
+                         "(site='resid_in' at layer 0 is x^0 already).")
     selected = sorted(set(adapter.check_layers(layers)))
     inputs = model_inputs(adapter, batch)
-    index = _position_index(resolve_positions(batch, positions, rng), inputs["input_ids"].device)
-    envoys = [envoy_of(adapter, adapter.attention(l) if site == "attn_in" else adapter.layers[l]) for l in selected]
+    resolved = _check_equal_counts(resolve_positions(batch, positions, rng))
+    envoys = [envoy_of(adapter, site_module(adapter, l, site)) for l in selected]
     first_layer = envoy_of(adapter, adapter.layers[0])
     collected: list[torch.Tensor] = []
     with trace(adapter, inputs) as tracer:
         if include_embeddings:
-            collected.append(_gather(first_hidden_input(first_layer.inputs), index))
+            collected.append(_gather(first_hidden_input(first_layer.inputs), resolved))
         for envoy in envoys:
-            value = first_hidden_input(envoy.inputs) if site == "attn_in" else hidden_of(envoy.output)
-            collected.append(_gather(value, index))
+            collected.append(_gather(read_site(envoy, site), resolved))
         tracer.stop()
     return torch.stack(collected)
 
@@ -225,16 +259,16 @@ def cross_modal_attention_profile(adapter: Adapter, batch: Batch, layers: Sequen
     if empty:
         raise ValueError(f"Rows {empty} have no text after [EOI]; eq. 2 needs text queries (use order='image_first').")
     inputs = model_inputs(adapter, batch)
-    device = inputs["input_ids"].device
-    span_index = torch.tensor(spans, dtype=torch.long, device=device)
-    query_index = [torch.tensor(q, dtype=torch.long, device=device) for q in queries]
     envoys = [envoy_of(adapter, adapter.attention(l)) for l in selected]
     profiles: list[torch.Tensor] = []
     with trace(adapter, inputs) as tracer:
         for layer, envoy in zip(selected, envoys):
             weights = _attention_weights(envoy.output, layer)
-            rows = [weights[row][:, query_index[row]][:, :, span_index[row]].to(torch.float64).mean(dim=(0, 1))
-                    for row in range(len(query_index))]
+            rows = []
+            for row, (query, span) in enumerate(zip(queries, spans)):  # text lengths differ: one index per row
+                query_index = torch.tensor(query, dtype=torch.long, device=weights.device)
+                span_index = torch.tensor(span, dtype=torch.long, device=weights.device)
+                rows.append(weights[row][:, query_index][:, :, span_index].to(torch.float64).mean(dim=(0, 1)))
             profiles.append(torch.stack(rows).cpu())
         tracer.stop()
     profile = torch.stack(profiles).numpy()
@@ -260,7 +294,7 @@ def iter_batches(adapter: Adapter, samples: Sequence[Any], texts: str | Sequence
     if len(text_list) != len(samples):
         raise ValueError(f"Got {len(samples)} samples but {len(text_list)} texts; pass one text or one per sample.")
     starts = range(0, len(samples), batch_size)
-    for start in tqdm(starts, total=len(starts), desc=f"{adapter.model_id or adapter.family}", disable=not progress):
+    for start in progress_bar(starts, f"{adapter.model_id or adapter.family}", show=progress):
         chunk = samples[start:start + batch_size]
         images = [getattr(sample, "image", sample) for sample in chunk]
         yield chunk, adapter.build_batch(images, text_list[start:start + batch_size], order)

@@ -11,8 +11,15 @@ script exits 1 after trying every notebook.
 Kernels get ``MPLBACKEND`` set to matplotlib's inline backend: an inherited ``MPLBACKEND=Agg``
 (as exported for the tests) would make ``plt.show()`` draw nothing and leave chapters without figures.
 
+Kernels run quietly: ``TQDM_DISABLE`` and ``HF_HUB_DISABLE_PROGRESS_BARS`` switch every progress
+bar off (ours go through ``narrowgate_utils.console.progress_bar``; a bar refreshing in a notebook
+becomes hundreds of stderr outputs), so the notebooks carry results, not progress.
+
 After execution, cells tagged ``parameters`` or ``injected-parameters`` get the ``remove-cell``
-tag so that myst-nb leaves them out of the HTML.
+tag so that myst-nb leaves them out of the HTML. As a safety net the committed outputs are then
+cleaned: stderr stream outputs (warnings, stray bars) are dropped, and their first lines are
+listed in this script's output so that the source can be fixed; absolute paths under the
+repository root (or home) in text outputs and in papermill's metadata are made relative.
 
 Usage::
 
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -39,6 +47,7 @@ KERNEL_NAME = "narrowgate"
 HIDDEN_TAGS = ("parameters", "injected-parameters")
 REMOVE_TAG = "remove-cell"
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+QUIET_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
 
 def _rel(path: Path) -> str:
@@ -99,6 +108,62 @@ def hide_parameter_cells(nb: Any) -> int:
     return changed
 
 
+def strip_stderr(nb: Any) -> list[str]:
+    """Remove every stderr stream output; return the first non-empty line of each, in order."""
+    removed = []
+    for cell in nb.cells:
+        kept = []
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream" and output.get("name") == "stderr":
+                lines = [line.strip() for line in re.split(r"[\r\n]", output.get("text", "")) if line.strip()]
+                removed.append(lines[0] if lines else "")
+            else:
+                kept.append(output)
+        if "outputs" in cell:
+            cell.outputs = kept
+    return removed
+
+
+def relative_text(text: str, root: Path = REPO_ROOT) -> str:
+    """``text`` with absolute paths under ``root`` made relative to it (``root`` itself: ``.``) and
+    those under the home directory written ``~/...``."""
+    bases = [(str(root), "")] + ([(str(Path.home()), "~/")] if str(Path.home()) != os.sep else [])
+    for base, prefix in bases:
+        start = rf"(?<![\w./~-]){re.escape(base)}"  # a whole path, not the tail of a longer one
+        text = re.sub(start + "/", prefix, text)
+        text = re.sub(start + r"(?![\w/-]|\.\w)", prefix.rstrip("/") or ".", text)  # a full stop may follow
+    return text
+
+
+def relativize_paths(nb: Any, path: Path) -> int:
+    """Make absolute paths relative in text outputs (see :func:`relative_text`) and record
+    ``path`` relative to the repo in papermill's metadata; return how many outputs changed."""
+    changed = 0
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            texts = {"text": output["text"]} if output.get("output_type") == "stream" else {}
+            texts.update((m, v) for m, v in output.get("data", {}).items() if m.startswith("text/") and isinstance(v, str))
+            fixed = {key: relative_text(value) for key, value in texts.items()}
+            for key, value in fixed.items():
+                (output if key == "text" else output.data)[key] = value
+            changed += fixed != texts
+    papermill = nb.metadata.get("papermill", {})
+    for key in ("input_path", "output_path"):  # output_path was the temporary file
+        if key in papermill:
+            papermill[key] = _rel(path)
+    return changed
+
+
+def report_cleaning(path: Path, stripped: list[str], relativized: int) -> None:
+    """Print what the output cleaning changed, so that the noisy source can be fixed."""
+    if relativized:
+        print(f"  {_rel(path)}: made absolute paths relative in {relativized} output(s)")
+    if stripped:
+        lines = list(dict.fromkeys(stripped))
+        shown = "".join(f"\n    {line[:160]}" for line in lines[:5]) + ("\n    ..." if len(lines) > 5 else "")
+        print(f"  {_rel(path)}: dropped {len(stripped)} stderr output(s), first lines:{shown}")
+
+
 def execute_in_place(path: Path, parameters: dict[str, Any], kernel_name: str) -> bool:
     """Run one notebook with papermill; replace it atomically on success. Return success."""
     import nbformat
@@ -126,7 +191,9 @@ def execute_in_place(path: Path, parameters: dict[str, Any], kernel_name: str) -
             return False
         nb = nbformat.read(tmp, as_version=4)
         hide_parameter_cells(nb)
+        stripped, relativized = strip_stderr(nb), relativize_paths(nb, path)
         nbformat.write(nb, tmp)
+        report_cleaning(path, stripped, relativized)
         os.chmod(tmp, path.stat().st_mode & 0o777)  # mkstemp creates 0600; keep the original mode
         os.replace(tmp, path)
         return True
@@ -151,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"No notebooks in {_rel(NOTEBOOK_DIR)}/; nothing to execute.")
         return 0
     check_kernel(args.kernel)
-    os.environ["MPLBACKEND"] = INLINE_BACKEND  # inherited by the kernels
+    os.environ.update(QUIET_ENV, MPLBACKEND=INLINE_BACKEND)  # inherited by the kernels
 
     failures = []
     for path in paths:

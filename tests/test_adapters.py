@@ -24,9 +24,9 @@ SPEC = {
     "chameleon": dict(image=None, soi="<racm3:break>", eoi="<eoss>", row=None, n_image=64, n_rows=0),
     "emu3": dict(image="<image>", soi="<|image start|>", eoi="<|image end|>", row="<image>", n_image=16, n_rows=4),
     "llava": dict(image="<image>", soi=None, eoi=None, row=None, n_image=16, n_rows=0),
-    # 16 base features + a 4×4 unpadded grid with one newline feature per row (same id)
-    "llava_next": dict(image="<image>", soi=None, eoi=None, row=None, n_image=36, n_rows=0),
-    "llava_onevision": dict(image="<image>", soi=None, eoi=None, row=None, n_image=36, n_rows=0),
+    # 16 base features + a 4×4 unpadded grid; the newline feature closing each grid row (same id) is a row separator
+    "llava_next": dict(image="<image>", soi=None, eoi=None, row="<image>", n_image=32, n_rows=4),
+    "llava_onevision": dict(image="<image>", soi=None, eoi=None, row="<image>", n_image=32, n_rows=4),
     "pixtral": dict(image="[IMG]", soi=None, eoi="[IMG_END]", row="[IMG_BREAK]", n_image=16, n_rows=3),
     "janus": dict(image="<image_placeholder>", soi="<begin_of_image>", eoi="<end_of_image>", row=None, n_image=16,
                   n_rows=0),
@@ -83,10 +83,10 @@ def test_layout_matches_token_ids(adapter: Adapter, order: str) -> None:
             assert ids[layout.soi] == token_id(adapter, spec["soi"])
             assert layout.soi < layout.first_image
         # [EOI]
-        if spec["eoi"] is None:
+        if spec["eoi"] is None:  # the first position after the image block (its last position at the end)
             assert layout.eoi_is_conventional
-            expected = layout.last_image + 1 if order == "image_first" else layout.last_image
-            assert layout.eoi == expected
+            block_end = max(layout.image_positions + layout.row_separators)
+            assert layout.eoi == (block_end + 1 if order == "image_first" else block_end)
         else:
             assert not layout.eoi_is_conventional
             assert ids[layout.eoi] == token_id(adapter, spec["eoi"])
@@ -154,6 +154,59 @@ def test_pixtral_row_separators_found() -> None:
     breaks = tuple(i for i, t in enumerate(ids) if t == token_id(adapter, "[IMG_BREAK]"))
     assert batch.layouts[0].row_separators == breaks and len(breaks) == 3
     assert batch.layouts[0].resolve("row_separators") == list(breaks)
+
+
+@pytest.mark.parametrize("family", ["llava_next", "llava_onevision"])
+@pytest.mark.parametrize("shape", [(32, 32), (20, 48), (64, 24)])
+def test_anyres_newlines_are_row_separators(family: str, shape: tuple[int, int]) -> None:
+    """The image_newline features the model packs after each grid row are the layout's row separators."""
+    adapter = build_tiny(family)
+    image = np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    batch = adapter.build_batch([image, square_image(family)], ["what", "this is a red circle"])
+    with torch.no_grad():
+        packed = adapter.model.model.get_image_features(batch.inputs["pixel_values"],
+                                                        batch.inputs["image_sizes"]).pooler_output
+    for row, layout in enumerate(batch.layouts):
+        block = sorted(layout.image_positions + layout.row_separators)
+        is_newline = torch.isclose(packed[row], adapter.model.model.image_newline.to(packed[row])).all(-1)
+        assert len(block) == len(is_newline) and block == list(range(block[0], block[-1] + 1))
+        assert layout.row_separators == tuple(block[0] + int(k) for k in torch.nonzero(is_newline).flatten())
+        assert layout.row_separators[-1] == block[-1] and layout.last_image < layout.row_separators[-1]
+        assert layout.eoi == block[-1] + 1
+
+
+def test_onevision_newlines_after_downsampling() -> None:
+    """Grids above the anyres_max_N budget are downsampled before the newlines are appended."""
+    adapter = build_tiny("llava_onevision")
+    adapter.model.config.vision_aspect_ratio = adapter.processor.vision_aspect_ratio = "anyres_max_1"
+    batch = adapter.build_batch([np.zeros((64, 64, 3), dtype=np.uint8)], ["what"])
+    layout = batch.layouts[0]
+    # 16 base features + the 8x8 grid downsampled by sqrt(64 / 16) = 2 to 4x4, one newline per row
+    assert len(layout.image_positions) == 16 + 16 and len(layout.row_separators) == 4
+    with torch.no_grad():  # the model accepts exactly this many image tokens
+        adapter.model(**batch.inputs)
+
+
+def test_locate_without_image_size_counts_newlines_as_image() -> None:
+    adapter = build_tiny("llava_next")
+    batch = adapter.build_batch([square_image("llava_next")], ["what"])
+    plain = adapter.locate(batch.input_ids[0], batch.inputs["attention_mask"][0])
+    assert plain.row_separators == () and len(plain.image_positions) == 36
+    with pytest.raises(ValueError, match="packs into"):
+        adapter.locate(batch.input_ids[0], image_size=(64, 64))
+
+
+def test_vocabulary_is_not_read_per_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Special-token ids are looked up once per adapter, never through get_vocab (152k entries for OneVision)."""
+    adapter = build_tiny("llava_onevision")
+    adapter.build_batch([square_image("llava_onevision")], ["what"])
+    calls = []
+    monkeypatch.setattr(adapter.tokenizer, "get_vocab", lambda: calls.append(1) or {})
+    for _ in range(3):
+        batch = adapter.build_batch([square_image("llava_onevision")] * 2, ["what", "this is a red circle"])
+        adapter.prompt_for("vqa", question="what")
+    assert calls == [] and len(batch.layouts[0].row_separators) == 4
+    assert "explicit_eoi_id" in vars(adapter)  # looked up once, then cached
 
 
 # ------------------------------------------------------------------------------------ model

@@ -1,17 +1,25 @@
 """Attention knockout and activation patching on tiny models of every family."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from tiny_models import TEXTS, images, tiny
+from torch.overrides import TorchFunctionMode
 
+import narrowgate_utils
+from narrowgate_utils import interventions, tracing
 from narrowgate_utils.interventions import (
     KNOCKOUT_IMPL,
     knockout_attention,
     patch_activation,
 )
 from narrowgate_utils.tiny import TINY_FAMILIES
-from narrowgate_utils.tracing import collect_attention
+from narrowgate_utils.tracing import collect_attention, collect_residual, cross_modal_attention_profile
+
+PACKAGE_DIR = str(Path(narrowgate_utils.__file__).parent)
 
 
 def padded_batch(family: str, seed: int = 0, texts: list[str] = TEXTS):
@@ -258,3 +266,113 @@ def test_patch_bad_inputs():
         patch_activation(adapter, base, single, "eoi", layers=[0])
     with pytest.raises(ValueError, match="outside the sequence"):
         patch_activation(adapter, base, base, [[100], [3]], layers=[0])
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_resid_in_patch_equals_resid_patch_of_the_previous_layer(family):
+    """Fig. 6 left / A2 site: the input x^{l-1} of layer l is the output of layer l - 1."""
+    adapter, base = padded_batch(family, seed=0)
+    _, source = padded_batch(family, seed=1, texts=TEXTS[::-1])
+    for layer in (1, adapter.num_layers - 1):
+        patched_in = patch_activation(adapter, base, source, "eoi", layers=[layer], site="resid_in", full_logits=True)
+        patched_out = patch_activation(adapter, base, source, "eoi", layers=[layer - 1], site="resid", full_logits=True)
+        torch.testing.assert_close(patched_in, patched_out, rtol=0, atol=1e-6)
+    assert (patched_in - run(adapter, base).logits).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_resid_in_patch_at_layer_zero_replaces_the_embeddings(family):
+    """Layer 0's input is the embedding output: patching it everywhere gives the source's run."""
+    adapter = tiny(family)
+    text = ["this animal is a"] * 2
+    base = adapter.build_batch(images(family, 2, seed=0), text)
+    source = adapter.build_batch(images(family, 2, seed=1), text)
+    everything = [list(range(base.input_ids.shape[1]))] * 2
+    patched = patch_activation(adapter, base, source, everything, layers=[0], site="resid_in", full_logits=True)
+    torch.testing.assert_close(patched, run(adapter, source).logits, rtol=0, atol=1e-5)
+    image_only = patch_activation(adapter, base, source, "image", layers=[0], site="resid_in")
+    assert (image_only - run(adapter, base).logits[:, -1]).abs().max() > 1e-5
+    # the write went into a copy: a later plain run of the base is unchanged
+    torch.testing.assert_close(patch_activation(adapter, base, base, "eoi", layers=[0], site="resid_in"),
+                               run(adapter, base).logits[:, -1], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["chameleon", "llava"])
+def test_knockout_mask_is_built_once_per_shape_and_device(family):
+    adapter, batch = padded_batch(family)
+    with knockout_attention(adapter, batch, sources="eoi", targets="text"):
+        spec = interventions._ACTIVE[-1]
+        run(adapter, batch)
+        run(adapter, batch)
+        prompt = batch.input_ids.shape[1]
+        assert list(spec.masks) == [(2, prompt, prompt, torch.device("cpu"))]  # all layers, both calls
+        mask = spec.masks[(2, prompt, prompt, torch.device("cpu"))]
+        assert spec.block(2, prompt, prompt, torch.device("cpu")) is mask
+        assert mask.shape == (2, 1, prompt, prompt) and mask.dtype == torch.bool
+        for row, layout in enumerate(batch.layouts):
+            assert mask[row, 0].nonzero().tolist() == [[q, layout.eoi] for q in layout.text_positions]
+        with torch.no_grad():
+            adapter.model.generate(**batch.inputs, max_new_tokens=3, do_sample=False,
+                                   pad_token_id=adapter.tokenizer.pad_token_id)
+        decoding = sorted(key for key in spec.masks if key[1] == 1)
+        assert decoding == [(2, 1, prompt + 1, torch.device("cpu")), (2, 1, prompt + 2, torch.device("cpu"))]
+    assert interventions._ACTIVE == []
+
+
+class _ElsewhereTensor(torch.Tensor):
+    """A CPU tensor that reports the meta device, standing in for inputs that live on another
+    GPU than the hidden states (device_map='auto'). Results of operations on it are plain tensors."""
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("meta")
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **(kwargs or {}))
+
+
+class _IndexDeviceSpy(TorchFunctionMode):
+    """Records, for every indexing / masking op written in narrowgate_utils, the device of the
+    indexed tensor and of its tensor indices."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[tuple[str, torch.device, list[torch.device]]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in (torch.Tensor.__getitem__, torch.Tensor.__setitem__, torch.Tensor.masked_fill):
+            caller = sys._getframe(1).f_code
+            if caller.co_filename.startswith(PACKAGE_DIR):
+                index = args[1] if isinstance(args[1], tuple) else (args[1],)
+                devices = [i.device for i in index if isinstance(i, torch.Tensor)]
+                if devices:
+                    self.seen.append((caller.co_name, args[0].device, devices))
+        return func(*args, **(kwargs or {}))
+
+
+def test_indices_are_built_on_the_device_of_the_indexed_tensor(monkeypatch):
+    """With device_map='auto' the hidden states of later layers are not on the inputs' device:
+    no index may be derived from the inputs' device (the old code took ``input_ids.device``)."""
+    adapter, batch = padded_batch("chameleon")
+    real = tracing.model_inputs
+
+    def inputs_elsewhere(adapter, batch):
+        inputs = dict(real(adapter, batch))
+        inputs["input_ids"] = inputs["input_ids"].as_subclass(_ElsewhereTensor)
+        return inputs
+
+    monkeypatch.setattr(tracing, "model_inputs", inputs_elsewhere)
+    monkeypatch.setattr(interventions, "model_inputs", inputs_elsewhere)
+    with _IndexDeviceSpy() as spy:
+        collect_residual(adapter, batch, "eoi", layers=[1, 2])
+        cross_modal_attention_profile(adapter, batch, layers=[0], normalize=False)
+        for site in ("resid", "resid_in", "attn_in"):
+            patch_activation(adapter, batch, batch, "eoi", layers=[1], site=site)
+        with knockout_attention(adapter, batch, sources="eoi", targets="text"):
+            run(adapter, batch)
+    assert {name for name, _, _ in spy.seen} >= {"_gather", "cross_modal_attention_profile", "patch_activation",
+                                                 "_knockout_attention_forward"}
+    wrong = [(name, indexed, devices) for name, indexed, devices in spy.seen if set(devices) != {indexed}]
+    assert not wrong, f"indices on another device than the tensor they index: {wrong[:3]}"

@@ -96,15 +96,17 @@ def test_steering_notebook_switches_only_through_the_gate(toy_models, tmp_path):
     results = run_notebook("05_steering", tmp_path, n_samples=1000, per_pair=4)
     steer = pd.read_csv(results / "steering.csv")
     peak = steer.groupby(["model", "site", "position"])["switch_rate"].max()
-    assert peak[(GATED, "resid", "eoi")] > 0.6, "patching [EOI] must switch the gated model's class"
-    assert peak[(DISTRIBUTED, "resid", "eoi")] < 0.3, "patching [EOI] must not steer the distributed model"
-    assert peak[(GATED, "resid", "last_image")] < peak[(GATED, "resid", "eoi")]
+    assert peak[(GATED, "resid_in", "eoi")] > 0.6, "patching [EOI] must switch the gated model's class"
+    assert peak[(DISTRIBUTED, "resid_in", "eoi")] < 0.3, "patching [EOI] must not steer the distributed model"
+    assert peak[(GATED, "resid_in", "last_image")] < peak[(GATED, "resid_in", "eoi")]
 
 
 def test_masked_finetuning_notebook_widens_the_gate(toy_models, tmp_path):
     results = run_notebook("06_masked_finetuning", tmp_path, model_id=GATED, n_train=300, n_samples=60, k=10,
                            max_new_tokens_vqa=4, max_new_tokens_caption=16, max_new_tokens_class=4)
     table = pd.read_csv(results / "before_after.csv")
+    assert set(table["mode"]) == {"pre_softmax", "post_softmax"}
+    table = table[table["mode"] == "post_softmax"]
     acc = table.pivot_table(index="variant", columns="ablation", values="class_accuracy")
     assert set(acc.index) == {"before", "masked", "control"}
     assert acc.loc["before", "eoi"] < 0.3, "the planted gate must collapse under [EOI] knockout before fine-tuning"

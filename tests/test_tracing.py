@@ -155,3 +155,20 @@ def test_iter_batches_covers_every_sample_in_order():
         next(iter_batches(adapter, pictures, ["a", "b"], batch_size=2))
     with pytest.raises(ValueError, match="positive integer"):
         next(iter_batches(adapter, pictures, "a", batch_size=0))
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_resid_in_is_the_layer_input(family):
+    """site='resid_in' at layer l is x^{l-1}: HF's hidden_states[l] (the embeddings at l = 0)."""
+    adapter, batch = padded_batch(family)
+    with torch.no_grad():
+        hidden = adapter.model(**batch.inputs, output_hidden_states=True).hidden_states
+    layers = list(range(adapter.num_layers))
+    resid_in = collect_residual(adapter, batch, "eoi", layers=layers, site="resid_in")
+    resid = collect_residual(adapter, batch, "eoi", include_embeddings=True)
+    eoi = batch.positions("eoi")
+    for layer in layers:
+        assert torch.equal(resid_in[layer], rows_at(hidden[layer], eoi))
+        assert torch.equal(resid_in[layer], resid[layer])  # = resid at l - 1; x^0 at l = 0
+    with pytest.raises(ValueError, match="include_embeddings"):
+        collect_residual(adapter, batch, "eoi", site="resid_in", include_embeddings=True)

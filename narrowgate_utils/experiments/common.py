@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+
+from ..console import progress_bar
+from ..models import base
 
 if TYPE_CHECKING:
     from ..models.base import Adapter
@@ -17,11 +19,10 @@ T = TypeVar("T")
 
 #: the models a notebook compares by default: the native and the non-native toy model
 DEFAULT_MODELS = "toy-native,toy-nonnative"
-#: the class-completion prompt per dataset (paper Sec. 4.2: "<image> This animal is a")
-CLASS_PROMPTS = {"toy": "This shape is a", "imagenet": "This animal is a"}
-#: the VQA prompt after the image (the authors' VQAv2 prompt) and the captioning request
-VQA_PROMPT = "{question}\nAnswer the question using a single word or phrase. Answer:"
-CAPTION_PROMPT = "Describe the image in one sentence."
+#: the shared task texts (class prompt per dataset, the authors' VQAv2 prompt and captioning
+#: request); each checkpoint's complete prompt comes from its adapter: ``adapter.prompt_for(task, …)``
+#: (family variants, chat format, the toy models' own texts)
+CLASS_PROMPTS, VQA_PROMPT, CAPTION_PROMPT = base.CLASS_PROMPTS, base.VQA_PROMPT, base.CAPTION_PROMPT
 #: which evaluation tasks each dataset supports (the toy world has labels, captions and VQA)
 DATASET_TASKS = {"toy": ("vqa", "caption", "classification"), "vqav2": ("vqa",), "flickr30k": ("caption",),
                  "coco_karpathy": ("caption",), "imagenet": ("classification",)}
@@ -37,6 +38,7 @@ def model_list(model_id: str | Sequence[str]) -> list[str]:
 
 
 def class_prompt(dataset: str) -> str:
+    """The class-completion text of ``dataset`` (``adapter.task_prompt("class", dataset=...)`` per checkpoint)."""
     if dataset not in CLASS_PROMPTS:
         raise ValueError(f"No class prompt for dataset '{dataset}'; class-label experiments support {sorted(CLASS_PROMPTS)}.")
     return CLASS_PROMPTS[dataset]
@@ -57,8 +59,8 @@ def seed_everything(seed: int) -> np.random.Generator:
 
 
 def batched(items: Sequence[T], batch_size: int, desc: str = "") -> Iterator[list[T]]:
-    """Consecutive chunks of ``items`` with a progress bar."""
-    for chunk in tqdm(chunks(items, batch_size), desc=desc, leave=False, disable=not desc):
+    """Consecutive chunks of ``items``, with a progress bar labelled ``desc`` (none when empty)."""
+    for chunk in progress_bar(chunks(items, batch_size), desc, show=bool(desc), leave=False):
         yield list(chunk)
 
 

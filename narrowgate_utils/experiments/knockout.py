@@ -9,6 +9,7 @@ representation with the class labels.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -17,36 +18,56 @@ import numpy as np
 import pandas as pd
 
 from ..data.sample import Sample
-from ..interventions import knockout_attention
-from ..layout import Batch
+from ..interventions import KNOCKOUT_MODES, knockout_attention
+from ..layout import Batch, PositionOutOfRange, TokenLayout
 from ..metrics import cider, classification_accuracy, neighborhood_overlap, vqa_accuracy_batch
 from ..models.base import Adapter
 from ..tracing import collect_residual
-from .common import CAPTION_PROMPT, VQA_PROMPT, Cache, per_batch
+from .common import Cache, per_batch
 
 #: ablation name -> what it blocks (key positions) for text queries
 ABLATIONS = {
     "none": "nothing (baseline)",
     "eoi": "the [EOI] token",
-    "img_to_text": "every image-span token except [EOI]",
+    "img_to_text": "A_img→text (Sec. 3.1, 0 < j < N_EOI): [SOI] and every image-span token before [EOI]",
+    "img_to_text_open_soi": "as img_to_text but [SOI] stays readable (the authors' categorize_tokens variant)",
     "last_image": "the last image token",
     "random": "n_random random image tokens (paper: 10), repeated with different draws",
 }
 
 
+def _image_keys(layout: TokenLayout, include_soi: bool = True) -> list[int]:
+    """[SOI] (where the family has one and ``include_soi``) and every image-span position before [EOI]."""
+    soi = [layout.soi] if include_soi and layout.soi is not None else []
+    return soi + [p for p in layout.image_span if p != layout.eoi]
+
+
 def ablation_sources(batch: Batch, ablation: str, rng: np.random.Generator, n_random: int = 10) -> list[list[int]] | None:
     """Key positions blocked for text queries, per row; ``None`` for the baseline.
 
-    Besides :data:`ABLATIONS`, any named position of :class:`~narrowgate_utils.layout.TokenLayout`
-    is accepted (e.g. ``"image_index:32"``, ``"row_separators"``).
+    ``img_to_text`` is the paper's A_img→text (Sec. 3.1: keys 0 < j < N_EOI): [SOI], the image
+    codes and in-image separators/metadata, not [EOI]. Text before the image (BOS, Pixtral's
+    ``[INST]``) stays readable, as in the authors' code, whose image keys are the tokens of the
+    image sequence only. ``img_to_text_open_soi`` also leaves [SOI] readable (identical for
+    families without one). Besides :data:`ABLATIONS`, any named position of
+    :class:`~narrowgate_utils.layout.TokenLayout` is accepted (e.g. ``"abs:32"``,
+    ``"image_index:31"``, ``"row_separators"``); an ``abs:N`` position must fall on one of the
+    img_to_text keys. A numbered position that a row's (shorter) image lacks raises
+    :class:`~narrowgate_utils.layout.PositionOutOfRange`.
     """
     if ablation == "none":
         return None
-    if ablation == "img_to_text":
-        return [[p for p in layout.image_span if p != layout.eoi] for layout in batch.layouts]
+    if ablation in ("img_to_text", "img_to_text_open_soi"):
+        return [_image_keys(layout, include_soi=ablation == "img_to_text") for layout in batch.layouts]
     if ablation == "random":
         return [layout.resolve(f"random_image:{n_random}", rng) for layout in batch.layouts]
-    return [layout.resolve(ablation) for layout in batch.layouts]
+    sources = [layout.resolve(ablation) for layout in batch.layouts]
+    if ablation.startswith("abs:"):
+        for row, (layout, positions) in enumerate(zip(batch.layouts, sources)):
+            if positions[0] not in _image_keys(layout):
+                raise PositionOutOfRange(f"Position '{ablation}' falls outside the image of row {row} (its [SOI]/image "
+                                         f"tokens end before [EOI] at absolute position {layout.eoi - layout.pad_offset}).")
+    return sources
 
 
 def _knockout(adapter: Adapter, batch: Batch, ablation: str, layers: Sequence[int], rng: np.random.Generator,
@@ -106,12 +127,15 @@ def evaluate_tasks(adapter: Adapter, samples: Sequence[Sample], tasks: Sequence[
     scores: dict[str, float] = {}
     if "vqa" in tasks:
         items = [s.vqa[i % len(s.vqa)] for i, s in enumerate(samples)]
-        answers = generate_under_knockout(adapter, samples, [VQA_PROMPT.format(question=i.question) for i in items],
-                                          ablation, layers, max_new_tokens=budget["vqa"], desc=desc + " · vqa", **common)
+        prompts = [adapter.prompt_for("vqa", question=i.question) for i in items]
+        answers = generate_under_knockout(adapter, samples, prompts, ablation, layers, max_new_tokens=budget["vqa"],
+                                          desc=desc + " · vqa", **common)
+        answers = [adapter.clean_answer(answer) for answer in answers]
         scores["vqa_accuracy"] = float(vqa_accuracy_batch(answers, [i.answers for i in items]).mean())
     if "caption" in tasks:
-        captions = generate_under_knockout(adapter, samples, [CAPTION_PROMPT] * len(samples), ablation, layers,
-                                           max_new_tokens=budget["caption"], desc=desc + " · caption", **common)
+        captions = generate_under_knockout(adapter, samples, [adapter.prompt_for("caption")] * len(samples), ablation,
+                                           layers, max_new_tokens=budget["caption"], desc=desc + " · caption", **common)
+        captions = [adapter.clean_answer(caption) for caption in captions]
         scores["cider"] = cider(captions, [list(s.captions) for s in samples])
     if "classification" in tasks:
         completions = generate_under_knockout(adapter, samples, [class_prompt] * len(samples), ablation, layers,
@@ -124,15 +148,29 @@ def evaluate_tasks(adapter: Adapter, samples: Sequence[Sample], tasks: Sequence[
 
 def knockout_table(adapter: Adapter, samples: Sequence[Sample], tasks: Sequence[str], ablations: Sequence[str],
                    class_prompt: str, class_names: Sequence[str], layers: Sequence[int] | None = None,
-                   random_repeats: int = 10, seed: int = 0, **kwargs) -> pd.DataFrame:
-    """Table 1 for one model: one row per ablation (random: mean and std over repeats)."""
+                   random_repeats: int = 10, seed: int = 0, mode: str = "post_softmax", **kwargs) -> pd.DataFrame:
+    """Table 1 for one model: one row per ablation (random: mean and std over repeats), with the
+    knockout ``mode`` as a column.
+
+    An ablation at a numbered position (``image_index:N``, ``abs:N``) is decided per ablation,
+    not per row: as soon as one sample's image lacks the position (a shorter image, e.g. a
+    variable-resolution family), the whole ablation is skipped with a warning and left out of
+    the table, so every reported row blocks the same position in every sample.
+    """
+    if mode not in KNOCKOUT_MODES:
+        raise ValueError(f"Unknown knockout mode '{mode}'; use one of {KNOCKOUT_MODES}.")
     layers = adapter.check_layers(layers)
     rows = []
     for ablation in ablations:
         repeats = random_repeats if ablation == "random" else 1
-        runs = pd.DataFrame([evaluate_tasks(adapter, samples, tasks, ablation, layers, class_prompt, class_names,
-                                            seed=seed + r, **kwargs) for r in range(repeats)])
-        row = {"ablation": ablation, **runs.mean().to_dict()}
+        try:
+            runs = pd.DataFrame([evaluate_tasks(adapter, samples, tasks, ablation, layers, class_prompt, class_names,
+                                                seed=seed + r, mode=mode, **kwargs) for r in range(repeats)])
+        except PositionOutOfRange as error:
+            warnings.warn(f"Ablation '{ablation}' skipped for {adapter.model_id or adapter.family}: {error}",
+                          stacklevel=2)
+            continue
+        row = {"ablation": ablation, "mode": mode, **runs.mean().to_dict()}
         if repeats > 1:
             row.update({f"{metric}_std": value for metric, value in runs.std(ddof=0).to_dict().items()})
         rows.append(row)
@@ -163,15 +201,19 @@ def progressive_knockout(adapter: Adapter, samples: Sequence[Sample], class_prom
 
 
 def high_attention_ablations(shares_csv: str | Path, model: str, threshold: float = 0.1) -> list[str]:
-    """Named positions of the image tokens that the attention chapter (notebook 02) found strongly
-    attended by text for ``model`` (mean share over layers above ``threshold``), e.g. ``image_index:32``.
+    """Named positions of the image tokens that the attention chapter (notebook 02, Fig. 3) found
+    strongly attended by text for ``model`` (mean share over layers above ``threshold``), e.g.
+    ``image_index:31`` (notebook 02 names image tokens by content index, so this is Chameleon's
+    ``abs:32``).
 
-    [EOI] and the last image token are left out: they have ablations of their own.
+    [EOI] and the last image token are left out: they have ablations of their own. Without the
+    shares file (notebook 02 not run) there are no extra ablations: a warning says so.
     """
     path = Path(shares_csv)
     if not path.exists():
-        raise ValueError(f"{path} does not exist: run notebooks/02_cross_modal_attention.ipynb first "
-                         "(or set ablate_attended=False).")
+        warnings.warn(f"{path} does not exist: notebooks/02_cross_modal_attention.ipynb was not run, so no "
+                      "strongly attended image tokens are ablated.", stacklevel=2)
+        return []
     shares = pd.read_csv(path)
     mean = shares[shares["model"] == model].groupby("token")["share"].mean()
     return [f"image_index:{token.split()[1]}" for token, share in mean.items()

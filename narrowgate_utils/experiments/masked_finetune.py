@@ -4,6 +4,10 @@ Two runs start from the same model with the same data and hyper-parameters: *mas
 text query is blocked from [EOI] during training) and *control* (no mask). Comparing the
 knockout table and the attention / overlap profiles before and after shows whether the
 visual information was rerouted around [EOI].
+
+Training blocks text→[EOI] *before* the softmax (the remaining weights renormalise), whereas
+the paper's evaluation knockout zeroes it *after* the softmax; the before/after table therefore
+reports both knockout modes (a ``mode`` column).
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import pandas as pd
 from ..data.sample import Sample
 from ..finetune import FinetuneConfig, finetune_lora, load_finetuned, read_training_log
 from ..cache import key_hash
+from ..interventions import KNOCKOUT_MODES
 from ..models.base import Adapter
 from . import attention, knockout, overlap
 from .common import model_fingerprint
@@ -53,10 +58,27 @@ def training_curves(runs: dict[str, Path]) -> pd.DataFrame:
 
 
 def before_after_table(models: dict[str, Adapter], samples: Sequence[Sample], tasks: Sequence[str],
-                       ablations: Sequence[str], class_prompt: str, class_names: Sequence[str], **kwargs) -> pd.DataFrame:
-    """Knockout table (see :func:`knockout.knockout_table`) of every variant."""
-    return pd.concat([knockout.knockout_table(model, samples, tasks, ablations, class_prompt, class_names, **kwargs)
-                      .assign(variant=name) for name, model in models.items()], ignore_index=True)
+                       ablations: Sequence[str], class_prompt: str, class_names: Sequence[str],
+                       modes: Sequence[str] = ("pre_softmax", "post_softmax"), **kwargs) -> pd.DataFrame:
+    """Knockout table (see :func:`knockout.knockout_table`) of every variant under every knockout
+    mode in ``modes``: ``pre_softmax`` is the block the masked run trained with, ``post_softmax``
+    the paper's evaluation knockout. Columns ``variant`` and ``mode``; the mode-independent
+    baseline ("none") is computed once per variant and listed under every mode.
+    """
+    if not modes or any(mode not in KNOCKOUT_MODES for mode in modes):
+        raise ValueError(f"modes must be a non-empty selection of {KNOCKOUT_MODES}, got {list(modes)}.")
+    frames = []
+    for name, model in models.items():
+        baseline = None
+        for mode in modes:
+            todo = [a for a in ablations if baseline is None or a != "none"]
+            table = knockout.knockout_table(model, samples, tasks, todo, class_prompt, class_names, mode=mode, **kwargs)
+            if baseline is None:
+                baseline = table[table["ablation"] == "none"]
+            else:
+                table = pd.concat([baseline.assign(mode=mode), table], ignore_index=True)
+            frames.append(table.assign(variant=name))
+    return pd.concat(frames, ignore_index=True)
 
 
 def profiles(models: dict[str, Adapter], samples: Sequence[Sample], prompt: str, k: int = 30, batch_size: int = 16,

@@ -3,11 +3,29 @@
 An adapter is the only code that knows a family's prompt format, special tokens and module
 paths. Everything else (tracing, interventions, metrics, notebooks) talks to a model through
 an :class:`Adapter` and the :class:`~narrowgate_utils.layout.TokenLayout` it produces.
+
+**Prompts.** The task texts (the authors' VQA, captioning and class-completion prompts) are
+the constants below; each family picks its variant (:attr:`Adapter.vqa_template`) and wraps
+generation prompts in its checkpoint's chat format (:meth:`Adapter.chat_prompt`):
+
+* :meth:`Adapter.task_prompt` -- the text part of a task's prompt (an explicit ``prompt``
+  overrides the template);
+* :meth:`Adapter.format_prompt` -- that text with the image placeholder, plain or (``chat=True``)
+  in the chat format;
+* :meth:`Adapter.prompt_for` -- both, with the chat decision of the authors per task
+  (:meth:`Adapter.uses_chat`): VQA and captioning are asked in the chat format, the class
+  prompt (attention, overlap, knockout, patching) is a plain completion.
+
+**Toy-world checkpoints** (``toy-native`` & co., recognised by their ``narrowgate_toy.json``)
+were trained on plain prompts with their own tokenizers, which lack the chat tokens:
+:attr:`Adapter.toy` is True for them, chat wrapping is skipped and the task texts are the toy
+world's (:mod:`narrowgate_utils.data.toy`), so they get exactly the prompts they were trained on.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,6 +39,24 @@ ImageLike = Image.Image | np.ndarray
 
 PROMPT_ORDERS = ("image_first", "text_first")
 
+#: the authors' VQAv2 prompt (the text after the image; ``{question}`` is filled in)
+VQA_PROMPT = "{question}\nAnswer the question using a single word or phrase. Answer:"
+#: the instruction block of the authors' default VQA mode for Chameleon and Pixtral (Mistral's
+#: VQAv2 evaluation prompt); those families ask ``"{question}\n" + VQA_INSTRUCTIONS``
+VQA_INSTRUCTIONS = (
+    "- Answer the question using a single word, number, or short phrase. Use as few words as possible.\n"
+    "- If the answer is a number, report it as a number, i.e. 2, not Two, and only include the number without "
+    "any unit.\n"
+    "- If the question is Yes/No, answer with Yes/No, and nothing else (no likely, unknown, etc.).\n"
+    "- You cannot answer that the question is unanswerable. You must answer."
+)
+#: the authors' captioning request
+CAPTION_PROMPT = "Provide a one-sentence caption for the provided image."
+#: the class-completion prompt per dataset (paper Sec. 4.2: "<image> This animal is a")
+CLASS_PROMPTS = {"toy": "This shape is a", "imagenet": "This animal is a"}
+#: prompt tasks: VQA, captioning, class completion, the class prompt of the patching experiment
+TASKS = ("vqa", "caption", "class", "patch")
+
 
 def as_pil(image: ImageLike) -> Image.Image:
     """Accept a PIL image or an HxWx3 uint8 array and return an RGB PIL image."""
@@ -32,11 +68,34 @@ def as_pil(image: ImageLike) -> Image.Image:
     return Image.fromarray(array.astype(np.uint8), mode="RGB")
 
 
+def check_image_size(image_size: int | None) -> int | None:
+    """Validate the fixed square image size of :meth:`Adapter.build_batch` (None: no resize)."""
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
+        raise ValueError(f"image_size must be a positive int (pixels per side) or None, got {image_size!r}.")
+    return image_size
+
+
+def resize_square(image: Image.Image, image_size: int | None) -> Image.Image:
+    """``image`` resized to ``image_size``×``image_size`` (bilinear, like torchvision's resize the
+    authors used); unchanged for ``None``."""
+    if check_image_size(image_size) is None or image.size == (image_size, image_size):
+        return image
+    return image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+
+
+def is_toy_checkpoint(model_id: str, checkpoint_dir: Path | None) -> bool:
+    """Whether a checkpoint is one of the repo's toy-world models (trained on plain prompts)."""
+    from ..toy.registry import TOY_METADATA, TOY_MODEL_NAMES
+
+    return model_id in TOY_MODEL_NAMES or (checkpoint_dir is not None and (checkpoint_dir / TOY_METADATA).exists())
+
+
 class Adapter(ABC):
     """Family-specific knowledge about one loaded VLM.
 
     Subclasses set :attr:`family`, :attr:`model_types` (``config.model_type`` values they
-    handle) and implement :meth:`format_prompt`, :meth:`encode` and :meth:`locate`.
+    handle) and their prompt format (:attr:`image_prompt`, :attr:`chat_template`, …), and
+    implement :meth:`encode` and :meth:`locate`.
     """
 
     family: ClassVar[str]
@@ -45,6 +104,16 @@ class Adapter(ABC):
     layer_returns_tuple: ClassVar[bool] = False
     #: one-line description of how [EOI] is defined for this family
     eoi_convention: ClassVar[str] = "the family's end-of-image token"
+    #: the VQA text template of the family's real checkpoints (``{question}`` is filled in)
+    vqa_template: ClassVar[str] = VQA_PROMPT
+    #: tasks whose prompt the authors gave in the checkpoint's chat format (the others are plain)
+    chat_tasks: ClassVar[tuple[str, ...]] = ("vqa", "caption")
+    #: the checkpoint's user turn; ``{body}`` is replaced by the image and the text
+    chat_template: ClassVar[str] = "{body}"
+    #: what separates the image from the text inside the chat turn
+    chat_separator: ClassVar[str] = ""
+    #: text that opens a new turn: a generated answer is cut there (:meth:`clean_answer`)
+    turn_markers: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: torch.nn.Module, processor: Any, model_id: str | Path = "",
                  checkpoint_dir: str | Path | None = None, remote: bool | str = False) -> None:
@@ -56,6 +125,10 @@ class Adapter(ABC):
         #: weights, only its structure on the meta device) or "local" (nnsight's serialising
         #: simulation of a remote run, on the local weights)
         self.remote = remote
+        #: a toy-world checkpoint: plain prompts with the toy world's task texts, never the chat
+        #: format (set it to True for another checkpoint trained on plain prompts only)
+        self.toy = is_toy_checkpoint(self.model_id, self.checkpoint_dir)
+        self._token_ids: dict[str, int] = {}
 
     @property
     def has_weights(self) -> bool:
@@ -120,9 +193,91 @@ class Adapter(ABC):
         """What stands for the image in a prompt string (the processor expands it)."""
         return "<image>"
 
-    def format_prompt(self, text: str, order: str = "image_first") -> str:
-        """Prompt string with the image (:attr:`image_prompt`) before or after ``text``."""
-        return f"{self.image_prompt}{text}" if order == "image_first" else f"{text}{self.image_prompt}"
+    @property
+    def prompt_prefix(self) -> str:
+        """Text every prompt starts with (e.g. a BOS the tokenizer does not add itself)."""
+        return ""
+
+    def task_prompt(self, task: str, *, question: str | None = None, dataset: str | None = None,
+                    prompt: str | None = None) -> str:
+        """The text part of ``task``'s prompt (see :data:`TASKS`) for this checkpoint.
+
+        ``question`` fills the VQA template. ``dataset`` picks the class prompt of
+        :data:`CLASS_PROMPTS` (default: ``"toy"`` for toy checkpoints, ``"imagenet"`` otherwise).
+        ``prompt`` overrides the template (for ``vqa`` it must contain ``{question}``).
+        """
+        if task not in TASKS:
+            raise ValueError(f"Unknown prompt task {task!r}; use one of {TASKS}.")
+        if (question is None) == (task == "vqa"):
+            raise ValueError("The 'vqa' task needs question=...; the other tasks take none." if task == "vqa" else
+                             f"question= applies to the 'vqa' task only, not {task!r}.")
+        template = self._task_template(task, dataset) if prompt is None else prompt
+        if task != "vqa":
+            return template
+        if "{question}" not in template:
+            raise ValueError(f"The VQA prompt {template!r} has no '{{question}}' field to put the question in.")
+        return template.replace("{question}", question)
+
+    def _task_template(self, task: str, dataset: str | None) -> str:
+        if task in ("class", "patch"):
+            return self.class_template(task, "toy" if dataset is None and self.toy else dataset or "imagenet")
+        if self.toy:
+            from ..data import toy
+
+            return toy.VQA_PROMPT if task == "vqa" else toy.CAPTION_PROMPT
+        return self.vqa_template if task == "vqa" else CAPTION_PROMPT
+
+    def class_template(self, task: str, dataset: str) -> str:
+        """The class-completion text of ``dataset`` for ``task`` ("class" or "patch")."""
+        if dataset not in CLASS_PROMPTS:
+            raise ValueError(f"No class prompt for dataset {dataset!r}; class prompts exist for {sorted(CLASS_PROMPTS)}.")
+        return CLASS_PROMPTS[dataset]
+
+    def uses_chat(self, task: str) -> bool:
+        """Whether ``task``'s prompt is given in the chat format (never for toy checkpoints)."""
+        if task not in TASKS:
+            raise ValueError(f"Unknown prompt task {task!r}; use one of {TASKS}.")
+        return not self.toy and task in self.chat_tasks
+
+    def format_prompt(self, text: str, order: str = "image_first", chat: bool = False) -> str:
+        """Prompt string with the image (:attr:`image_prompt`) before or after ``text``.
+
+        ``chat=True`` wraps it in the checkpoint's chat format (:meth:`chat_prompt`); toy
+        checkpoints always get the plain string.
+        """
+        if order not in PROMPT_ORDERS:
+            raise ValueError(f"Unknown prompt order '{order}'; use one of {PROMPT_ORDERS}.")
+        if chat and not self.toy:
+            return self.prompt_prefix + self.chat_prompt(text, order)
+        return self.prompt_prefix + self.join(text, order)
+
+    def join(self, text: str, order: str, separator: str = "") -> str:
+        """The image placeholder and ``text`` in ``order``, ``separator`` between them."""
+        return self.image_prompt + separator + text if order == "image_first" else text + separator + self.image_prompt
+
+    def chat_prompt(self, text: str, order: str) -> str:
+        """One user turn of the checkpoint's chat format holding the image and ``text``, ending
+        where the assistant's answer starts (:attr:`chat_template`, :attr:`chat_separator`)."""
+        return self.chat_template.replace("{body}", self.join(text, order, self.chat_separator))
+
+    def prompt_for(self, task: str, *, order: str = "image_first", question: str | None = None,
+                   dataset: str | None = None, prompt: str | None = None) -> str:
+        """The complete prompt of ``task``: :meth:`task_prompt` in the format :meth:`uses_chat` picks.
+
+        An override ``prompt`` that already holds the image placeholder is a complete prompt
+        and is used as it is (with the question filled in).
+        """
+        text = self.task_prompt(task, question=question, dataset=dataset, prompt=prompt)
+        if prompt is not None and self.image_prompt in prompt:
+            return text
+        return self.format_prompt(text, order, chat=self.uses_chat(task))
+
+    def clean_answer(self, text: str) -> str:
+        """A generated answer cut at its first line break or new turn (VQA and caption scoring)."""
+        answer = text.strip()
+        for marker in ("\n", *self.turn_markers):
+            answer = answer.split(marker, 1)[0]
+        return answer.strip()
 
     @abstractmethod
     def encode(self, images: Sequence[ImageLike], prompts: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -132,26 +287,46 @@ class Adapter(ABC):
     def locate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> TokenLayout:
         """Find the image span, [SOI], [EOI], row separators and text in one row of ids."""
 
-    def build_batch(self, images: Sequence[ImageLike], texts: Sequence[str], order: str = "image_first") -> Batch:
-        """Build model inputs and token layouts for image+text prompts in either order."""
+    def build_batch(self, images: Sequence[ImageLike], texts: Sequence[str], order: str = "image_first",
+                    chat: bool = False, image_size: int | None = None) -> Batch:
+        """Build model inputs and token layouts for image+text prompts in either order.
+
+        Each text goes through :meth:`format_prompt` (``chat`` as there); a text that already
+        holds the image placeholder (e.g. from :meth:`prompt_for`) is a complete prompt and is
+        used as it is. ``image_size`` resizes every image to ``image_size``×``image_size``
+        before the processor (the authors: 512 for attention, overlap and patching, 256 for VQA
+        and captioning); families with a pixel budget use exactly that size (Emu3).
+        """
         if order not in PROMPT_ORDERS:
             raise ValueError(f"Unknown prompt order '{order}'; use one of {PROMPT_ORDERS}.")
         if len(images) != len(texts):
             raise ValueError(f"Got {len(images)} images but {len(texts)} texts; pass one text per image.")
         if len(images) == 0:
             raise ValueError("build_batch needs at least one image+text pair; the input is empty.")
+        check_image_size(image_size)
         if not self.has_image_pipeline():
             raise ValueError(
                 f"The processor of {self.model_id or self.family} cannot encode images (it is a bare tokenizer, "
                 "e.g. because AutoProcessor did not recognise the checkpoint's processor): pass the family's full "
                 "*Processor to the adapter."
             )
-        prompts = [self.format_prompt(text, order) for text in texts]
-        inputs = self.encode([as_pil(image) for image in images], prompts)
+        prompts = [text if self.image_prompt in text else self.format_prompt(text, order, chat) for text in texts]
+        pictures = [resize_square(as_pil(image), image_size) for image in images]
+        with self.fixed_image_size(image_size):
+            inputs = self.encode(pictures, prompts)
         self.check_context(inputs["input_ids"])
+        return Batch(inputs=dict(inputs), layouts=self.layouts_of(inputs), order=order)
+
+    def layouts_of(self, inputs: dict[str, torch.Tensor]) -> list[TokenLayout]:
+        """The layout of every row of encoded ``inputs`` (:meth:`locate` per row)."""
         mask = inputs.get("attention_mask")
-        layouts = [self.locate(inputs["input_ids"][row], None if mask is None else mask[row]) for row in range(len(prompts))]
-        return Batch(inputs=dict(inputs), layouts=layouts, order=order)
+        return [self.locate(ids, None if mask is None else mask[row]) for row, ids in enumerate(inputs["input_ids"])]
+
+    @contextmanager
+    def fixed_image_size(self, image_size: int | None) -> Iterator[None]:
+        """Make the processor keep ``image_size``×``image_size`` images as they are (a no-op for
+        processors that resize to their own fixed size anyway)."""
+        yield
 
     def check_context(self, input_ids: torch.Tensor) -> None:
         """Fail clearly if a prompt is longer than the model's context window."""
@@ -168,11 +343,13 @@ class Adapter(ABC):
 
     # ------------------------------------------------------------ helpers
     def token_id(self, token: str) -> int:
-        """Id of a special token, with a clear error when the tokenizer lacks it."""
-        token_id = self.tokenizer.convert_tokens_to_ids(token)
-        if token_id is None or token_id == getattr(self.tokenizer, "unk_token_id", -1):
-            raise ValueError(f"The tokenizer of {self.model_id or self.family} has no token '{token}'.")
-        return int(token_id)
+        """Id of a special token (looked up once per adapter), with a clear error when the tokenizer lacks it."""
+        if token not in self._token_ids:
+            token_id = self.tokenizer.convert_tokens_to_ids(token)
+            if token_id is None or token_id == getattr(self.tokenizer, "unk_token_id", -1):
+                raise ValueError(f"The tokenizer of {self.model_id or self.family} has no token '{token}'.")
+            self._token_ids[token] = int(token_id)
+        return self._token_ids[token]
 
     @staticmethod
     def pad_offset(attention_mask: torch.Tensor | None) -> int:

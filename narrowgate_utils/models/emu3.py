@@ -15,11 +15,19 @@ place in the grid (every (w+1)-th placeholder, the last image row's one included
 * [EOI] is ``<|image end|>``, the token that closes every image, the analogue of
   Chameleon's ``<eoss>``. It is preceded by the end-of-frame token ``<|extra_201|>``
   (``layout.extra["eof"]``), which follows the last row separator.
+
+**Prompts.** Emu3-Chat's format: the system sentence of the original Emu3 chat template and
+the user/assistant turn of the ``BAAI/Emu3-Chat-hf`` chat template (images first, no
+separator), i.e. ``You are a helpful assistant. USER: <image>{text} ASSISTANT:``;
+``Emu3Processor`` adds the BOS token itself. **Image size:** the processor resizes every image
+into its pixel budget (``min_pixels``..``max_pixels``, 512²..1024² by default); with
+``build_batch(image_size=s)`` both are set to s² (the authors: 256² for VQA and captions).
 """
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 
@@ -40,6 +48,8 @@ class Emu3Adapter(Adapter):
     family = "emu3"
     model_types = ("emu3",)
     eoi_convention = "the <|image end|> token that closes every image (after <|extra_201|>)"
+    chat_template = "You are a helpful assistant. USER: {body} ASSISTANT:"
+    turn_markers = ("USER:", "ASSISTANT:")
 
     @classmethod
     def model_class(cls) -> type:
@@ -50,6 +60,20 @@ class Emu3Adapter(Adapter):
     @property
     def layers(self) -> Sequence[torch.nn.Module]:
         return self.model.model.text_model.layers
+
+    @contextmanager
+    def fixed_image_size(self, image_size: int | None) -> Iterator[None]:
+        """Pixel budget min_pixels = max_pixels = ``image_size``² while encoding (then restored)."""
+        if image_size is None:
+            yield
+            return
+        image_processor = self.processor.image_processor
+        saved = image_processor.min_pixels, image_processor.max_pixels
+        image_processor.min_pixels = image_processor.max_pixels = image_size * image_size
+        try:
+            yield
+        finally:
+            image_processor.min_pixels, image_processor.max_pixels = saved
 
     def encode(self, images: Sequence[ImageLike], prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         if any(prompt.count(IMAGE_PLACEHOLDER) != 1 for prompt in prompts):

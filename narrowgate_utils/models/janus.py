@@ -8,6 +8,10 @@ Sequence layout written by ``JanusProcessor`` (transformers 5.23)::
 The placeholders are replaced by the aligned vision features (N = 576 for 384 px images).
 [SOI] is ``<begin_of_image>``, [EOI] is ``<end_of_image>``; there are no row separators.
 Token names are read from the tokenizer (``image_token``, ``boi_token``, ``eoi_token``).
+
+**Prompts.** The chat format of the HF Janus(-Pro) checkpoints' chat template:
+``<|User|>: <image_placeholder>\n{text}\n\n<|Assistant|>:``. The real checkpoints'
+``JanusProcessor`` (``use_default_system_prompt``) prepends its system prompt itself.
 """
 from __future__ import annotations
 
@@ -27,6 +31,9 @@ class JanusAdapter(Adapter):
     family = "janus"
     model_types = ("janus",)
     eoi_convention = "the <end_of_image> token that closes every image"
+    chat_template = "<|User|>: {body}\n\n<|Assistant|>:"
+    chat_separator = "\n"
+    turn_markers = ("<|User|>", "<|Assistant|>")
 
     @classmethod
     def model_class(cls) -> type:

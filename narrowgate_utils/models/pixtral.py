@@ -17,17 +17,24 @@ Only ``[IMG]`` placeholders are replaced by vision features; ``[IMG_BREAK]`` (th
 transformers 5.23's ``PixtralProcessor`` cannot be imported without torchvision; without it
 the adapter uses :class:`~narrowgate_utils.models.processors.PixtralImageOnlyProcessor`
 (same expansion rule, PIL image processor).
+
+**Prompts.** Pixtral's tokenizer does not add a BOS token (the HF conversion has no template
+post-processor); every prompt therefore starts with ``<s>`` (:attr:`prompt_prefix`), as in the
+authors' prompts and the checkpoint's chat template. The chat format is
+``<s>[INST][IMG]{text}[/INST]``; VQA asks the question with the authors' instruction block
+(:data:`~narrowgate_utils.models.base.VQA_INSTRUCTIONS`).
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..layout import TokenLayout
-from .base import ImageLike, layout_from_ids
+from .base import VQA_INSTRUCTIONS, ImageLike, layout_from_ids
 from .llava import LlavaAdapter
 from .processors import PixtralImageOnlyProcessor, complete_processor
 
@@ -40,6 +47,10 @@ class PixtralAdapter(LlavaAdapter):
     family = "pixtral"
     model_types = ("llava",)
     eoi_convention = "the [IMG_END] token that closes every image"
+    vqa_template = "{question}\n" + VQA_INSTRUCTIONS
+    chat_template = "[INST]{body}[/INST]"
+    chat_separator = ""
+    turn_markers = ("[INST]", "[/INST]")
 
     def __init__(self, model: torch.nn.Module, processor: Any, model_id: str | Path = "",
                  checkpoint_dir: str | Path | None = None, remote: bool | str = False) -> None:
@@ -64,6 +75,18 @@ class PixtralAdapter(LlavaAdapter):
     @property
     def image_prompt(self) -> str:
         return self.image_placeholder
+
+    @cached_property
+    def _missing_bos(self) -> str:
+        """The BOS token if the tokenizer does not add it itself (real Pixtral), else ""."""
+        tokenizer = self.tokenizer
+        if tokenizer.bos_token is None or tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]:
+            return ""
+        return tokenizer.bos_token
+
+    @property
+    def prompt_prefix(self) -> str:
+        return "" if self.toy else self._missing_bos
 
     def encode(self, images: Sequence[ImageLike], prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         if any(prompt.count(self.image_placeholder) != 1 for prompt in prompts):

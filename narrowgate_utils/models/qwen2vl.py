@@ -16,6 +16,10 @@ mask (:meth:`Qwen2VLAdapter.rope_position_ids`); ``generate`` needs the same car
 
 ``Qwen2VLProcessor`` needs a (torchvision-only) video processor in transformers 5.23; without
 torchvision the adapter uses :class:`~narrowgate_utils.models.processors.Qwen2VLImageOnlyProcessor`.
+
+**Prompts.** The Qwen2-VL / Qwen2.5-VL chat template with its default system message:
+``<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n``
+``<|vision_start|><|image_pad|><|vision_end|>{text}<|im_end|>\n<|im_start|>assistant\n``.
 """
 from __future__ import annotations
 
@@ -39,6 +43,9 @@ class Qwen2VLAdapter(Adapter):
     family = "qwen2_vl"
     model_types = ("qwen2_vl", "qwen2_5_vl")
     eoi_convention = "the <|vision_end|> token that closes every image"
+    chat_template = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{body}<|im_end|>\n"
+                     "<|im_start|>assistant\n")
+    turn_markers = ("<|im_start|>", "<|im_end|>")
 
     def __init__(self, model: torch.nn.Module, processor: Any, model_id: str | Path = "",
                  checkpoint_dir: str | Path | None = None, remote: bool | str = False) -> None:

@@ -5,6 +5,7 @@ import argparse
 import time
 from collections.abc import Sequence
 
+from ..console import display_path
 from .registry import TOY_MODEL_NAMES, toy_model_dir, toy_report
 
 
@@ -33,7 +34,7 @@ def _train(args: argparse.Namespace) -> int:
     train_all(names, device=args.device, force=args.force, workers=args.workers)
     print(f"toy models ready in {time.perf_counter() - start:.1f} s:")
     for name in names:
-        print(f"  {name}: {toy_model_dir(name)}")
+        print(f"  {name}: {display_path(toy_model_dir(name))}")
     _report(args)
     return 0
 

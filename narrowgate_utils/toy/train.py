@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from ..console import progress_bar
 from ..data.sample import Sample
 from ..data.toy import CAPTION_PROMPT, CLASS_PROMPT, TOY_COLORS, TOY_SHAPES, VQA_PROMPT, toy_dataset, yes_no_question
 from .image_tokenizer import PatchCodebook, code_to_bpe_table, code_token_name, train_image_tokenizer
@@ -460,7 +460,7 @@ def get_vision_encoder(recipe: ToyRecipe, train: Sequence[Sample], device: str):
     if not (directory / "metrics.json").exists():
         start = time.perf_counter()
         test = toy_dataset("test", n=recipe.n_eval, seed=recipe.seed)
-        bar = tqdm(total=recipe.vision_steps, desc="vision encoder", leave=False)
+        bar = progress_bar(total=recipe.vision_steps, desc="vision encoder", leave=False)
 
         def progress(step: int, loss: float) -> None:
             bar.update(1)
@@ -606,8 +606,8 @@ def _run_phase(model: nn.Module, params: list[nn.Parameter], total: int, make_lo
             schedule.load_state_dict(saved["schedule"])
             start, curve, elapsed = saved["step"], saved["curve"], saved["elapsed"]
     model.train()
-    bar = tqdm(range(start, total), initial=start, total=total, desc=desc, leave=False,
-               position=int(os.environ.get("NARROWGATE_TQDM_POSITION", "0")))
+    bar = progress_bar(range(start, total), desc, initial=start, total=total, leave=False,
+                       position=int(os.environ.get("NARROWGATE_TQDM_POSITION", "0")))
     tick = time.perf_counter()
     for step in bar:
         loss, logs = make_loss(step)
