@@ -49,7 +49,7 @@ from PIL import Image
 from .atomic import atomic_path
 from .console import progress_bar
 from .data.sample import Sample
-from .experiments.common import CAPTION_PROMPT, CLASS_PROMPTS, VQA_PROMPT, model_fingerprint
+from .experiments.common import CLASS_PROMPTS, model_fingerprint
 from .interventions import knockout_attention
 from .layout import Batch
 from .models.base import Adapter
@@ -182,9 +182,9 @@ def build_training_examples(adapter: Adapter, samples: Sequence[Sample], mix: Se
                             seed: int = 0, class_prompt: str = CLASS_PROMPTS["toy"]) -> list[TrainingExample]:
     """One image-first example per sample and task of ``mix`` that the sample has data for.
 
-    * ``vqa``: :data:`VQA_PROMPT` with one of the sample's questions (seeded draw) → its
-      majority answer;
-    * ``caption``: :data:`CAPTION_PROMPT` → one reference caption (seeded draw);
+    * ``vqa``: the adapter's VQA task prompt (``adapter.task_prompt("vqa")``) with one of the
+      sample's questions (seeded draw) → its majority answer;
+    * ``caption``: the adapter's caption prompt → one reference caption (seeded draw);
     * ``class``: ``class_prompt`` (``CLASS_PROMPTS["imagenet"]`` for ImageNet) → the class name;
     * ``instruction``: one (instruction, response) turn of the sample's conversation (seeded
       draw; LLaVA-Instruct) as a single image-first turn.
@@ -214,9 +214,9 @@ def build_training_examples(adapter: Adapter, samples: Sequence[Sample], mix: Se
         for task in tasks:
             if task == "vqa":
                 item = sample.vqa[int(rng.integers(len(sample.vqa)))]
-                prompt, target = VQA_PROMPT.format(question=item.question), item.majority_answer
+                prompt, target = adapter.task_prompt("vqa", question=item.question), item.majority_answer
             elif task == "caption":
-                prompt, target = CAPTION_PROMPT, sample.captions[int(rng.integers(len(sample.captions)))]
+                prompt, target = adapter.task_prompt("caption"), sample.captions[int(rng.integers(len(sample.captions)))]
             elif task == "class":
                 prompt, target = class_prompt, sample.class_name
             else:

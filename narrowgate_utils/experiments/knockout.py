@@ -117,7 +117,8 @@ def last_token_vectors(adapter: Adapter, samples: Sequence[Sample], prompt: str,
 def evaluate_tasks(adapter: Adapter, samples: Sequence[Sample], tasks: Sequence[str], ablation: str,
                    layers: Sequence[int], class_prompt: str, class_names: Sequence[str], seed: int = 0,
                    k: int = 30, batch_size: int = 16, max_new_tokens: dict[str, int] | None = None,
-                   mode: str = "post_softmax", n_random: int = 10, cache: Cache = False) -> dict[str, float]:
+                   mode: str = "post_softmax", n_random: int = 10, cache: Cache = False,
+                   cider_tokenize: str = "simple") -> dict[str, float]:
     """Scores of one ablation on every task (``n_random``: image tokens blocked by "random"). Image i is asked its question number i mod (its
     number of questions), so all question types are covered with one question per image. With
     ``cache`` the generations and vectors of every batch are stored as they finish (resumable)."""
@@ -136,7 +137,7 @@ def evaluate_tasks(adapter: Adapter, samples: Sequence[Sample], tasks: Sequence[
         captions = generate_under_knockout(adapter, samples, [adapter.prompt_for("caption")] * len(samples), ablation,
                                            layers, max_new_tokens=budget["caption"], desc=desc + " · caption", **common)
         captions = [adapter.clean_answer(caption) for caption in captions]
-        scores["cider"] = cider(captions, [list(s.captions) for s in samples])
+        scores["cider"] = cider(captions, [list(s.captions) for s in samples], tokenize=cider_tokenize)
     if "classification" in tasks:
         completions = generate_under_knockout(adapter, samples, [class_prompt] * len(samples), ablation, layers,
                                               max_new_tokens=budget["classification"], desc=desc + " · class", **common)

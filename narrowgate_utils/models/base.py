@@ -128,6 +128,9 @@ class Adapter(ABC):
         #: a toy-world checkpoint: plain prompts with the toy world's task texts, never the chat
         #: format (set it to True for another checkpoint trained on plain prompts only)
         self.toy = is_toy_checkpoint(self.model_id, self.checkpoint_dir)
+        #: square resize used by :meth:`build_batch` when a call gives no ``image_size`` (the
+        #: notebooks set it from their ``image_size`` parameter; None = natural size)
+        self.image_size: int | None = None
         self._token_ids: dict[str, int] = {}
 
     @property
@@ -303,7 +306,7 @@ class Adapter(ABC):
             raise ValueError(f"Got {len(images)} images but {len(texts)} texts; pass one text per image.")
         if len(images) == 0:
             raise ValueError("build_batch needs at least one image+text pair; the input is empty.")
-        check_image_size(image_size)
+        image_size = check_image_size(image_size if image_size is not None else self.image_size)
         if not self.has_image_pipeline():
             raise ValueError(
                 f"The processor of {self.model_id or self.family} cannot encode images (it is a bare tokenizer, "

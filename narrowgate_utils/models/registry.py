@@ -122,6 +122,9 @@ def load(
     """
     from transformers import AutoConfig, AutoProcessor, AutoTokenizer
 
+    if dtype == "auto":  # bf16 on GPUs (a 7B model in float32 does not fit one 40 GB card), float32 on CPU
+        on_gpu = str(device).startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+        dtype = "bfloat16" if on_gpu else "float32"
     torch_dtype = resolve_dtype(dtype)
     if device == "auto" and device_map is None:
         device_map = "auto"
