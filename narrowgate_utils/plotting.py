@@ -69,7 +69,7 @@ def save_figure(fig: plt.Figure, output_dir: str | Path, name: str, dpi: int = 9
 
 
 def plot_modality_gap(gap: pd.DataFrame, homogeneity: pd.DataFrame | None = None) -> plt.Figure:
-    """Fig. 2 style: median |cos| image vs text per layer with the q1–q3 band (left) and
+    """Fig. 2 style: median cosine image vs text per layer with the q1–q3 band (left) and
     ADP cluster homogeneity w.r.t. modality (right)."""
     _require(gap, ("model", "layer", "q1", "median", "q3"), "plot_modality_gap")
     fig, axes = _panels(2 if homogeneity is not None else 1)
@@ -77,7 +77,7 @@ def plot_modality_gap(gap: pd.DataFrame, homogeneity: pd.DataFrame | None = None
         depth = part["layer"] / max(part["layer"].max(), 1)
         axes[0].plot(depth, part["median"], color=color, label=model, marker="o", ms=3)
         axes[0].fill_between(depth, part["q1"], part["q3"], color=color, alpha=0.2)
-    axes[0].set(xlabel="relative depth", ylabel="median |cosine| image vs text", title="Modality gap")
+    axes[0].set(xlabel="relative depth", ylabel="median cosine, image vs text", title="Modality gap")
     axes[0].legend(fontsize=8)
     if homogeneity is not None:
         _require(homogeneity, ("model", "layer", "homogeneity"), "plot_modality_gap (homogeneity)")
