@@ -1,7 +1,6 @@
 """Prompt templates per family, the toy models' plain prompts, answer clean-up and the fixed image size."""
 from __future__ import annotations
 
-import importlib
 import json
 import os
 
@@ -15,6 +14,7 @@ from narrowgate_utils.data import toy  # noqa: E402
 from narrowgate_utils.models import load  # noqa: E402
 from narrowgate_utils.models.base import CAPTION_PROMPT, VQA_INSTRUCTIONS, Adapter  # noqa: E402
 from narrowgate_utils.tiny import TINY_FAMILIES, build_tiny  # noqa: E402
+from tiny_models import images  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -46,11 +46,6 @@ PLAIN_IMAGE = {"chameleon": "<image>", "emu3": "<image>", "llava": "<image>", "l
 @pytest.fixture(scope="module", params=TINY_FAMILIES)
 def adapter(request) -> Adapter:
     return build_tiny(request.param)
-
-
-def square_image(family: str, seed: int = 0) -> np.ndarray:
-    size = importlib.import_module(f"narrowgate_utils.tiny.{family}").IMAGE_SIZE
-    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
 
 
 def test_expected_covers_every_family() -> None:
@@ -123,7 +118,7 @@ def test_prompt_override() -> None:
 
 def test_chat_prompts_build_batches(adapter: Adapter) -> None:
     """Complete prompts pass through build_batch unchanged; chat=True there is the same prompt."""
-    image = square_image(adapter.family)
+    image = images(adapter.family, 1)[0]
     full = adapter.build_batch([image], [adapter.prompt_for("caption")])
     chat = adapter.build_batch([image], [CAPTION_PROMPT], chat=adapter.uses_chat("caption"))
     assert torch.equal(full.input_ids, chat.input_ids)
@@ -133,13 +128,13 @@ def test_chat_prompts_build_batches(adapter: Adapter) -> None:
 
 def test_chameleon_chat_mode_ends_with_the_separator() -> None:
     adapter = build_tiny("chameleon")
-    batch = adapter.build_batch([square_image("chameleon")], [adapter.prompt_for("vqa", question="what")])
+    batch = adapter.build_batch([images("chameleon", 1)[0]], [adapter.prompt_for("vqa", question="what")])
     assert int(batch.input_ids[0, -1]) == adapter.token_id("<reserved08706>")
 
 
 def test_pixtral_prompts_start_with_bos() -> None:
     adapter = build_tiny("pixtral")
-    batch = adapter.build_batch([square_image("pixtral")], ["what"])
+    batch = adapter.build_batch([images("pixtral", 1)[0]], ["what"])
     assert int(batch.input_ids[0, 0]) == adapter.tokenizer.bos_token_id
     assert batch.layouts[0].prompt_text_positions == (0,)
 
