@@ -27,6 +27,12 @@ def padded_batch(family: str, seed: int = 0, texts: list[str] = TEXTS):
     return adapter, adapter.build_batch(images(family, len(texts), seed), texts)
 
 
+def image_pair(family: str):
+    """(adapter, base, source): the same text twice, over two different random images (equal lengths)."""
+    adapter, text = tiny(family), ["this animal is a"] * 2
+    return adapter, adapter.build_batch(images(family, 2, seed=0), text), adapter.build_batch(images(family, 2, seed=1), text)
+
+
 @torch.no_grad()
 def run(adapter, batch, **kwargs):
     return adapter.model(**batch.inputs, **kwargs)
@@ -227,10 +233,7 @@ def test_last_layer_residual_patch_only_changes_eoi(family):
 @pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_patching_every_position_at_layer_zero_gives_the_source_output(family):
     """(b) equal-length prompts, all positions patched after layer 0 -> the source's logits."""
-    adapter = tiny(family)
-    text = ["this animal is a"] * 2
-    base = adapter.build_batch(images(family, 2, seed=0), text)
-    source = adapter.build_batch(images(family, 2, seed=1), text)
+    adapter, base, source = image_pair(family)
     assert base.input_ids.shape == source.input_ids.shape
     everything = [list(range(base.input_ids.shape[1]))] * 2
     patched = patch_activation(adapter, base, source, everything, layers=[0], full_logits=True)
@@ -241,10 +244,7 @@ def test_patching_every_position_at_layer_zero_gives_the_source_output(family):
 @pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_attn_in_patch_at_eoi_changes_base_output(family):
     """(c) identical text, different images: [EOI]'s attention input in every layer carries the image."""
-    adapter = tiny(family)
-    text = ["this animal is a"] * 2
-    base = adapter.build_batch(images(family, 2, seed=0), text)
-    source = adapter.build_batch(images(family, 2, seed=1), text)
+    adapter, base, source = image_pair(family)
     layers = range(adapter.num_layers)
     base_logits = run(adapter, base).logits[:, -1]
     patched = patch_activation(adapter, base, source, "eoi", layers=layers, site="attn_in")
@@ -283,10 +283,7 @@ def test_resid_in_patch_equals_resid_patch_of_the_previous_layer(family):
 @pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_resid_in_patch_at_layer_zero_replaces_the_embeddings(family):
     """Layer 0's input is the embedding output: patching it everywhere gives the source's run."""
-    adapter = tiny(family)
-    text = ["this animal is a"] * 2
-    base = adapter.build_batch(images(family, 2, seed=0), text)
-    source = adapter.build_batch(images(family, 2, seed=1), text)
+    adapter, base, source = image_pair(family)
     everything = [list(range(base.input_ids.shape[1]))] * 2
     patched = patch_activation(adapter, base, source, everything, layers=[0], site="resid_in", full_logits=True)
     torch.testing.assert_close(patched, run(adapter, source).logits, rtol=0, atol=1e-5)
