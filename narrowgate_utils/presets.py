@@ -20,6 +20,9 @@ import pandas as pd
 PRESET_NAMES = ("toy", "paper")
 CHAPTERS = ("01", "02", "03", "04", "05", "06", "07", "08")
 
+#: the weights' dtype of every chapter that loads a real checkpoint: "auto" is bf16 on CUDA
+_DTYPE = ("float32", "auto", "bf16 on CUDA, float32 on CPU")
+
 #: chapter -> parameter -> (toy value, paper value, source of the paper value)
 _TABLE: dict[str, dict[str, tuple[Any, Any, str]]] = {
     "01": {
@@ -28,7 +31,7 @@ _TABLE: dict[str, dict[str, tuple[Any, Any, str]]] = {
         "n_samples": (600, 10_000, "Sec. 4.1: 10,000 pairs, each in both prompt orders"),
         "min_cluster_size": (20, 50, "Supp. 7: ADP clusters under 50 points dropped"),
         "batch_size": (32, 8, "fits one 40 GB GPU at bf16 (resource table in the README)"),
-        "dtype": ("float32", "auto", "bf16 on CUDA, float32 on CPU"),
+        "dtype": _DTYPE,
     },
     "02": {
         "dataset": ("toy", "imagenet", "Sec. 4.2: 100 ImageNet animal classes × 100 images"),
@@ -36,7 +39,7 @@ _TABLE: dict[str, dict[str, tuple[Any, Any, str]]] = {
         "threshold": (0.1, 0.01, "Fig. 3: tokens above 1 % shown individually (the toy span has 17 positions)"),
         "image_size": (None, 512, "authors' scripts: images resized to 512×512 for attention"),
         "batch_size": (32, 8, "fits one 40 GB GPU at bf16 with eager attention"),
-        "dtype": ("float32", "auto", "bf16 on CUDA, float32 on CPU"),
+        "dtype": _DTYPE,
     },
     "03": {
         "dataset": ("toy", "imagenet", "Sec. 4.2: the ImageNet-100 subset of Fig. 3"),
@@ -46,7 +49,7 @@ _TABLE: dict[str, dict[str, tuple[Any, Any, str]]] = {
         "internal": ("pooled", "pooled", "authors' scripts: χ of the mean internal-image residual"),
         "image_size": (None, 512, "authors' scripts: 512×512 for the overlap"),
         "batch_size": (32, 8, "fits one 40 GB GPU at bf16"),
-        "dtype": ("float32", "auto", "bf16 on CUDA, float32 on CPU"),
+        "dtype": _DTYPE,
     },
     "04": {
         "dataset": ("toy", "vqav2", "Table 1: VQAv2 (also flickr30k, coco_karpathy, imagenet: one run each)"),
@@ -59,7 +62,7 @@ _TABLE: dict[str, dict[str, tuple[Any, Any, str]]] = {
         "image_size": (None, 256, "authors' scripts: 256×256 for VQA and captioning"),
         "cider_tokenize": ("simple", "raw", "authors' scripts: raw caption strings to the CIDEr scorer"),
         "batch_size": (32, 8, "fits one 40 GB GPU at bf16 during generation"),
-        "dtype": ("float32", "auto", "bf16 on CUDA, float32 on CPU"),
+        "dtype": _DTYPE,
     },
     "05": {
         "dataset": ("toy", "imagenet", "Sec. 4.4: 20 ImageNet classes in 10 pairs"),
@@ -73,7 +76,7 @@ _TABLE: dict[str, dict[str, tuple[Any, Any, str]]] = {
         "layer_step": (1, 4, "Fig. 6: every 4th layer"),
         "image_size": (None, 512, "authors' scripts: 512×512 for patching"),
         "batch_size": (32, 8, "fits one 40 GB GPU at bf16"),
-        "dtype": ("float32", "auto", "bf16 on CUDA, float32 on CPU"),
+        "dtype": _DTYPE,
     },
     "06": {
         "finetune": ("toy", "paper", "later version: LoRA rank 128, alpha 256, AdamW wd 0.1, cosine lr 2e-5, batch 128, 1 epoch"),
@@ -83,7 +86,7 @@ _TABLE: dict[str, dict[str, tuple[Any, Any, str]]] = {
         "n_samples": (200, 2_000, "Sec. 4.3: 2,000 evaluation samples"),
         "image_size": (None, 256, "as chapter 04 (VQA and captions at 256×256)"),
         "batch_size": (32, 8, "evaluation batch on one 40 GB GPU"),
-        "dtype": ("float32", "auto", "bf16 on CUDA, float32 on CPU"),
+        "dtype": _DTYPE,
     },
     "07": {
         "steps": (500, 500, "toy world only: the factorial study has no paper counterpart"),
