@@ -7,6 +7,19 @@ DATA_ROOT="${NARROWGATE_DATA:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/down
 PYTHON="${PYTHON:-python3}"
 CHECK_FAILED=0
 
+# check_flag ARGS...: prints 1 for a lone --check (only check an existing download), 0 for none;
+# any other argument is an error.
+check_flag() {
+    local flag=0 arg
+    for arg in "$@"; do
+        case $arg in
+            --check) flag=1 ;;
+            *) echo "unknown argument '$arg' (use --check)" >&2; exit 2 ;;
+        esac
+    done
+    echo "$flag"
+}
+
 # download URL FILE: resumable download to FILE (kept as FILE.part until complete); skips a complete FILE.
 download() {
     local url=$1 out=$2

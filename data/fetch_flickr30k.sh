@@ -7,13 +7,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/fetch_common.sh"
 DEST="$DATA_ROOT/flickr30k"
 HUB_URL=https://huggingface.co/datasets/nlphuji/flickr30k/resolve/main
 
-check_only=0
-for arg in "$@"; do
-    case $arg in
-        --check) check_only=1 ;;
-        *) echo "unknown argument '$arg' (use --check)" >&2; exit 2 ;;
-    esac
-done
+check_only=$(check_flag "$@")
 
 fetch() {
     download "$HUB_URL/flickr_annotations_30k.csv" "$DEST/flickr_annotations_30k.csv"

@@ -7,13 +7,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/fetch_common.sh"
 DEST="$DATA_ROOT/llava_instruct"
 JSON_URL=https://huggingface.co/datasets/liuhaotian/LLaVA-Instruct-150K/resolve/main/llava_instruct_150k.json
 
-check_only=0
-for arg in "$@"; do
-    case $arg in
-        --check) check_only=1 ;;
-        *) echo "unknown argument '$arg' (use --check)" >&2; exit 2 ;;
-    esac
-done
+check_only=$(check_flag "$@")
 
 fetch() {
     download "$JSON_URL" "$DEST/llava_instruct_150k.json"
