@@ -260,14 +260,19 @@ def cross_modal_attention_profile(adapter: Adapter, batch: Batch, layers: Sequen
         raise ValueError(f"Rows {empty} have no text after [EOI]; eq. 2 needs text queries (use order='image_first').")
     inputs = model_inputs(adapter, batch)
     envoys = [envoy_of(adapter, adapter.attention(l)) for l in selected]
+    #: device -> one (query index, span index) per row (text lengths differ), built once per GPU
+    indices: dict[torch.device, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     profiles: list[torch.Tensor] = []
     with trace(adapter, inputs) as tracer:
         for layer, envoy in zip(selected, envoys):
             weights = _attention_weights(envoy.output, layer)
+            if weights.device not in indices:
+                indices[weights.device] = []
+                for query, span in zip(queries, spans):
+                    indices[weights.device].append((torch.tensor(query, dtype=torch.long, device=weights.device),
+                                                    torch.tensor(span, dtype=torch.long, device=weights.device)))
             rows = []
-            for row, (query, span) in enumerate(zip(queries, spans)):  # text lengths differ: one index per row
-                query_index = torch.tensor(query, dtype=torch.long, device=weights.device)
-                span_index = torch.tensor(span, dtype=torch.long, device=weights.device)
+            for row, (query_index, span_index) in enumerate(indices[weights.device]):
                 rows.append(weights[row][:, query_index][:, :, span_index].to(torch.float64).mean(dim=(0, 1)))
             profiles.append(torch.stack(rows).cpu())
         tracer.stop()
