@@ -19,10 +19,9 @@ T = TypeVar("T")
 
 #: the models a notebook compares by default: the native and the non-native toy model
 DEFAULT_MODELS = "toy-native,toy-nonnative"
-#: the shared task texts (class prompt per dataset, the authors' VQAv2 prompt and captioning
-#: request); each checkpoint's complete prompt comes from its adapter: ``adapter.prompt_for(task, …)``
-#: (family variants, chat format, the toy models' own texts)
-CLASS_PROMPTS, VQA_PROMPT, CAPTION_PROMPT = base.CLASS_PROMPTS, base.VQA_PROMPT, base.CAPTION_PROMPT
+#: the class-completion text per dataset; each checkpoint's complete prompts (VQA, captions,
+#: chat format, the toy models' own texts) come from its adapter: ``adapter.prompt_for(task, …)``
+CLASS_PROMPTS = base.CLASS_PROMPTS
 #: which evaluation tasks each dataset supports (the toy world has labels, captions and VQA)
 DATASET_TASKS = {"toy": ("vqa", "caption", "classification"), "vqav2": ("vqa",), "flickr30k": ("caption",),
                  "coco_karpathy": ("caption",), "imagenet": ("classification",)}
