@@ -70,6 +70,13 @@ class _KnockoutSpec:
         return self.masks[key]
 
 
+def check_mode(mode: str) -> str:
+    """``mode`` if it is one of :data:`KNOCKOUT_MODES`, else a ValueError naming them."""
+    if mode not in KNOCKOUT_MODES:
+        raise ValueError(f"Unknown knockout mode '{mode}'; use one of {KNOCKOUT_MODES}.")
+    return mode
+
+
 _ACTIVE: list[_KnockoutSpec] = []
 #: id(config) -> [config, original implementation, number of active knockouts using it]
 _SWAPPED: dict[int, list[Any]] = {}
@@ -159,8 +166,7 @@ def knockout_attention(adapter: Adapter, batch: Batch, sources: PositionSpec, ta
     Usage: ``with knockout_attention(adapter, batch, "eoi", "text"): adapter.generate(batch)``.
     Works around plain HF calls and nnsight traces; ``layers=None`` means all layers.
     """
-    if mode not in KNOCKOUT_MODES:
-        raise ValueError(f"Unknown knockout mode '{mode}'; use one of {KNOCKOUT_MODES}.")
+    check_mode(mode)
     adapter.require_weights("Attention knockout (a registered attention function)")
     selected = adapter.check_layers(layers)
     if not selected:
@@ -248,4 +254,4 @@ def patch_activation(adapter: Adapter, base_batch: Batch, source_batch: Batch, p
     return logits[0]
 
 
-__all__ = ["KNOCKOUT_IMPL", "KNOCKOUT_MODES", "knockout_attention", "patch_activation"]
+__all__ = ["KNOCKOUT_IMPL", "KNOCKOUT_MODES", "check_mode", "knockout_attention", "patch_activation"]

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.sample import Sample
-from ..interventions import KNOCKOUT_MODES, knockout_attention
+from ..interventions import check_mode, knockout_attention
 from ..layout import Batch, PositionOutOfRange, TokenLayout
 from ..metrics import cider, classification_accuracy, neighborhood_overlap, vqa_accuracy_batch
 from ..models.base import Adapter
@@ -158,8 +158,7 @@ def knockout_table(adapter: Adapter, samples: Sequence[Sample], tasks: Sequence[
     variable-resolution family), the whole ablation is skipped with a warning and left out of
     the table, so every reported row blocks the same position in every sample.
     """
-    if mode not in KNOCKOUT_MODES:
-        raise ValueError(f"Unknown knockout mode '{mode}'; use one of {KNOCKOUT_MODES}.")
+    check_mode(mode)
     layers = adapter.check_layers(layers)
     rows = []
     for ablation in ablations:
