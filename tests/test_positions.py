@@ -60,3 +60,18 @@ def test_abs_selects_the_same_token_in_every_row_of_a_left_padded_batch():
     shortest = min(layout.seq_len - layout.pad_offset for layout in layouts)
     with pytest.raises(PositionOutOfRange):
         batch.positions(f"abs:{shortest}")
+
+
+def test_idefics3_positions_skip_tile_markers_and_row_breaks():
+    """Idefics3 (2×2 tiles of 4 features + the global view): ``image_index`` counts <image> features only,
+    ``abs:1`` is [SOI] right after the BOS, in every row of a left-padded batch."""
+    adapter = tiny("idefics3")
+    batch = adapter.build_batch(images("idefics3", 2), TEXTS)
+    assert batch.layouts[0].pad_offset != batch.layouts[1].pad_offset
+    for layout in batch.layouts:
+        first = layout.first_image
+        assert layout.resolve("abs:1") == [layout.soi] == [first - 2]  # BOS, [SOI], <row_1_col_1>, features
+        assert layout.resolve("image_index:5") == [first + 4 + 2]  # tile (1, 2): after its opener and tag
+        assert layout.resolve("image_index:9") == [first + 2 * (4 + 2) + 1]  # row 2: after "\n", opener, tag
+        assert layout.resolve("image_index:17") == [layout.row_separators[-1] + 3]  # the global view
+        assert layout.resolve("image_index:20") == [layout.eoi - 1]

@@ -36,11 +36,16 @@ EXPECTED = {
               f"<|User|>: <image_placeholder>\n{CAPTION_PROMPT}\n\n<|Assistant|>:"),
     "qwen2_vl": (QWEN_TURN.format(f"<|vision_start|><|image_pad|><|vision_end|>{SHORT_VQA}"),
                  QWEN_TURN.format(f"<|vision_start|><|image_pad|><|vision_end|>{CAPTION_PROMPT}")),
+    # SmolVLM's template opens with its BOS <|im_start|>, which its tokenizer does not add
+    "idefics3": (f"<|im_start|>User:<image>{SHORT_VQA}<end_of_utterance>\nAssistant:",
+                 f"<|im_start|>User:<image>{CAPTION_PROMPT}<end_of_utterance>\nAssistant:"),
 }
 #: the plain image placeholder of each family (class prompts, analysis prompts)
 PLAIN_IMAGE = {"chameleon": "<image>", "emu3": "<image>", "llava": "<image>", "llava_next": "<image>",
                "llava_onevision": "<image>", "pixtral": "<s>[IMG]", "janus": "<image_placeholder>",
-               "qwen2_vl": "<|vision_start|><|image_pad|><|vision_end|>"}
+               "qwen2_vl": "<|vision_start|><|image_pad|><|vision_end|>", "idefics3": "<|im_start|><image>"}
+#: the BOS that prompts start with where the tokenizer does not add it
+PROMPT_BOS = {"pixtral": "<s>", "idefics3": "<|im_start|>"}
 
 
 @pytest.fixture(scope="module", params=TINY_FAMILIES)
@@ -67,7 +72,7 @@ def test_class_prompts_are_plain_completions(adapter: Adapter) -> None:
     assert adapter.prompt_for("class") == image + "This animal is a"
     assert adapter.prompt_for("class", dataset="toy") == image + "This shape is a"
     assert adapter.prompt_for("patch") == image + "This animal is a"  # only Chameleon-34B differs
-    bos = "<s>" if adapter.family == "pixtral" else ""
+    bos = PROMPT_BOS.get(adapter.family, "")
     assert adapter.format_prompt("what", "text_first") == bos + "what" + adapter.image_prompt
 
 
@@ -130,6 +135,15 @@ def test_chameleon_chat_mode_ends_with_the_separator() -> None:
     adapter = build_tiny("chameleon")
     batch = adapter.build_batch([images("chameleon", 1)[0]], [adapter.prompt_for("vqa", question="what")])
     assert int(batch.input_ids[0, -1]) == adapter.token_id("<reserved08706>")
+
+
+def test_idefics3_text_first_turn_has_the_template_space() -> None:
+    """SmolVLM's template writes 'User:' before an image and 'User: ' before text."""
+    adapter = build_tiny("idefics3")
+    turn = adapter.format_prompt("what", "text_first", chat=True)
+    assert turn == "<|im_start|>User: what<image><end_of_utterance>\nAssistant:"
+    assert adapter.clean_answer("a dog<end_of_utterance>\nUser: and?") == "a dog"
+    assert adapter.clean_answer("red. User: more") == "red."
 
 
 def test_pixtral_prompts_start_with_bos() -> None:

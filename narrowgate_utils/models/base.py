@@ -26,6 +26,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -200,6 +201,14 @@ class Adapter(ABC):
     def prompt_prefix(self) -> str:
         """Text every prompt starts with (e.g. a BOS the tokenizer does not add itself)."""
         return ""
+
+    @cached_property
+    def missing_bos(self) -> str:
+        """The BOS token if the tokenizer does not add it itself (Pixtral, SmolVLM), else "" (looked up once)."""
+        tokenizer = self.tokenizer
+        if tokenizer.bos_token is None or tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]:
+            return ""
+        return tokenizer.bos_token
 
     def task_prompt(self, task: str, *, question: str | None = None, dataset: str | None = None,
                     prompt: str | None = None) -> str:

@@ -27,7 +27,6 @@ authors' prompts and the checkpoint's chat template. The chat format is
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -76,17 +75,9 @@ class PixtralAdapter(LlavaAdapter):
     def image_prompt(self) -> str:
         return self.image_placeholder
 
-    @cached_property
-    def _missing_bos(self) -> str:
-        """The BOS token if the tokenizer does not add it itself (real Pixtral), else ""."""
-        tokenizer = self.tokenizer
-        if tokenizer.bos_token is None or tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]:
-            return ""
-        return tokenizer.bos_token
-
     @property
     def prompt_prefix(self) -> str:
-        return "" if self.toy else self._missing_bos
+        return "" if self.toy else self.missing_bos
 
     def encode(self, images: Sequence[ImageLike], prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         if any(prompt.count(self.image_placeholder) != 1 for prompt in prompts):

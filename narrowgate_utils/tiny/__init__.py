@@ -10,7 +10,8 @@ import importlib
 
 from ..models.base import Adapter
 
-TINY_FAMILIES = ("chameleon", "emu3", "llava", "llava_next", "llava_onevision", "pixtral", "janus", "qwen2_vl")
+TINY_FAMILIES = ("chameleon", "emu3", "llava", "llava_next", "llava_onevision", "pixtral", "janus", "qwen2_vl",
+                 "idefics3")
 
 
 def build_tiny(family: str, seed: int = 0) -> Adapter:

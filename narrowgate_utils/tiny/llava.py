@@ -16,10 +16,10 @@ def tiny_clip_vision(hidden: int = 32) -> CLIPVisionConfig:
                             image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=hidden)
 
 
-def tiny_llama(vocab: dict[str, int]) -> LlamaConfig:
+def tiny_llama(vocab: dict[str, int], bos: str = "<s>") -> LlamaConfig:
     return LlamaConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
                        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
-                       bos_token_id=vocab["<s>"], eos_token_id=vocab["</s>"], pad_token_id=vocab["<pad>"])
+                       bos_token_id=vocab[bos], eos_token_id=vocab["</s>"], pad_token_id=vocab["<pad>"])
 
 
 def clip_image_processor() -> CLIPImageProcessorPil:
