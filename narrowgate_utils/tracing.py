@@ -248,12 +248,14 @@ def cross_modal_attention_profile(adapter: Adapter, batch: Batch, layers: Sequen
     span including [EOI] (``layout.image_span``), then rescaled to sum to 1 over the span
     (``normalize=False`` keeps the raw mean, to average over samples before normalising as
     the authors did). Reduced inside the trace, so full attention matrices are never kept.
+
+    Variable-resolution images give rows spans of different lengths: ``n_span`` is then the
+    longest, and each row is zero past the end of its own span (row j of the output is
+    position ``layout.image_span[j]`` of that row).
     """
     selected = sorted(set(adapter.check_layers(layers)))
     spans = [layout.image_span for layout in batch.layouts]
-    if len({len(span) for span in spans}) != 1:
-        raise ValueError(f"Image spans differ in length across rows ({sorted({len(s) for s in spans})}); "
-                         "f_j^l is indexed by span position, so batch images with the same number of tokens.")
+    width = max(len(span) for span in spans)
     queries = [layout.text_positions for layout in batch.layouts]
     empty = [row for row, q in enumerate(queries) if not q]
     if empty:
@@ -271,10 +273,11 @@ def cross_modal_attention_profile(adapter: Adapter, batch: Batch, layers: Sequen
                 for query, span in zip(queries, spans):
                     indices[weights.device].append((torch.tensor(query, dtype=torch.long, device=weights.device),
                                                     torch.tensor(span, dtype=torch.long, device=weights.device)))
-            rows = []
+            rows = torch.zeros(len(spans), width, dtype=torch.float64)
             for row, (query_index, span_index) in enumerate(indices[weights.device]):
-                rows.append(weights[row][:, query_index][:, :, span_index].to(torch.float64).mean(dim=(0, 1)))
-            profiles.append(torch.stack(rows).cpu())
+                share = weights[row][:, query_index][:, :, span_index].to(torch.float64).mean(dim=(0, 1))
+                rows[row, :len(span_index)] = share.cpu()
+            profiles.append(rows)
         tracer.stop()
     profile = torch.stack(profiles).numpy()
     if not normalize:

@@ -32,6 +32,10 @@ SPEC = {
                   n_rows=0),
     "qwen2_vl": dict(image="<|image_pad|>", soi="<|vision_start|>", eoi="<|vision_end|>", row=None, n_image=16,
                      n_rows=0),
+    # 2×2 tiles + the global view, 4 features each; the rows of tiles end with "\n" and "\n\n" (two tokens:
+    # checked in test_idefics3_tiles_and_row_separators); [EOI] closes the global view
+    "idefics3": dict(image="<image>", soi="<fake_token_around_image>", eoi="<fake_token_around_image>", row=None,
+                     n_image=20, n_rows=2),
 }
 TEXTS = ["this is a red circle", "what"]  # different lengths → the second row is left padded
 
@@ -154,6 +158,35 @@ def test_pixtral_row_separators_found() -> None:
     breaks = tuple(i for i, t in enumerate(ids) if t == token_id(adapter, "[IMG_BREAK]"))
     assert batch.layouts[0].row_separators == breaks and len(breaks) == 3
     assert batch.layouts[0].resolve("row_separators") == list(breaks)
+
+
+@pytest.mark.parametrize("shape, grid", [((32, 32), (2, 2)), ((16, 32), (1, 2)), ((32, 12), (2, 1))])
+def test_idefics3_tiles_and_row_separators(shape: tuple[int, int], grid: tuple[int, int]) -> None:
+    """Longest edge to 64 px, 32 px tiles: one tag per tile, a newline per row of tiles, [EOI] after the global view."""
+    adapter = build_tiny("idefics3")
+    image = np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    batch = adapter.build_batch([image], ["what"])
+    layout, tokens = batch.layouts[0], adapter.tokenizer.convert_ids_to_tokens(batch.input_ids[0].tolist())
+    rows, cols = grid
+    assert layout.extra["grid"] == grid and len(layout.image_positions) == 4 * (rows * cols + 1)
+    assert [tokens[i] for i in layout.row_separators] == ["\n"] * (rows - 1) + ["\n\n"]
+    tags = [f"<row_{r}_col_{c}>" for r in range(1, rows + 1) for c in range(1, cols + 1)] + ["<global-img>"]
+    markers = layout.extra["tile_markers"]
+    assert [tokens[i] for i in markers] == [t for tag in tags for t in ("<fake_token_around_image>", tag)]
+    assert markers[0] == layout.soi and tokens[layout.eoi] == "<fake_token_around_image>" == tokens[layout.soi]
+    span = layout.image_positions + layout.row_separators + markers[1:] + (layout.eoi,)
+    assert sorted(span) == list(layout.image_span)
+    with torch.no_grad():  # the model takes exactly one feature per <image> token
+        features = adapter.model.model.get_image_features(batch.inputs["pixel_values"],
+                                                          batch.inputs["pixel_attention_mask"]).pooler_output[0]
+    assert len(features) == len(layout.image_positions)
+    adapter.processor.image_processor.do_image_splitting = False
+    try:  # one global view only: no tiles, no row separators
+        single = adapter.build_batch([image], ["what"]).layouts[0]
+    finally:
+        adapter.processor.image_processor.do_image_splitting = True
+    assert single.extra["grid"] == (0, 0) and single.row_separators == () and len(single.image_positions) == 4
+    assert single.extra["tile_markers"] == (single.soi, single.soi + 1) and single.eoi == single.last_image + 1
 
 
 @pytest.mark.parametrize("family", ["llava_next", "llava_onevision"])
@@ -307,7 +340,10 @@ def assert_same_model(original: Adapter, loaded: Adapter, family: str) -> None:
     assert torch.equal(x.input_ids, y.input_ids)
     assert x.layouts == y.layouts
     with torch.no_grad():
-        assert torch.equal(original.model(**x.inputs).logits, loaded.model(**y.inputs).logits)
+        # load() runs vision towers with sdpa (the tiny originals are eager throughout): same weights,
+        # another attention kernel, so equal to float32 rounding rather than bit for bit
+        torch.testing.assert_close(original.model(**x.inputs).logits, loaded.model(**y.inputs).logits,
+                                   rtol=1e-5, atol=1e-6)
 
 
 def test_round_trip(adapter: Adapter, saved) -> None:
@@ -348,6 +384,27 @@ def test_qwen_4d_mask_needs_rope_position_ids() -> None:
     assert torch.allclose(reference[keep], with_4d[keep], atol=1e-5)
     with pytest.raises(ValueError, match="2D attention_mask"):
         adapter.rope_position_ids({**inputs, "attention_mask": mask4d})
+
+
+def test_smolvlm_loads_as_idefics3_without_its_processor(saved) -> None:
+    """SmolVLM2 (model_type smolvlm) is the idefics3 family. Without torchvision its SmolVLMProcessor
+    cannot load (no video processor): the adapter wraps the image processor in Idefics3Processor."""
+    import json
+    from pathlib import Path
+
+    from transformers import SmolVLMForConditionalGeneration
+
+    from narrowgate_utils.tiny.idefics3 import build
+
+    original, path = saved("smolvlm", build(0, variant="smolvlm"))
+    config_file = Path(path) / "processor_config.json"
+    config = json.loads(config_file.read_text())
+    config["processor_class"] = "SmolVLMProcessor"  # as on the hub checkpoints
+    config_file.write_text(json.dumps(config))
+    loaded = load(path)
+    assert loaded.family == "idefics3" and isinstance(loaded.model, SmolVLMForConditionalGeneration)
+    assert loaded.has_image_pipeline()
+    assert_same_model(original, loaded, "idefics3")
 
 
 def test_load_rejects_bad_dtype_and_device(saved) -> None:

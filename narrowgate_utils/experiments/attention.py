@@ -1,48 +1,80 @@
 """Sec. 4.2 / Fig. 3: how text→image attention is shared among the image-span positions.
 
-With one fixed prompt ("<image> This shape is a") all sequences have the same layout, so the
-per-position attention shares f_j^l (paper eq. 2) can be averaged over samples position by
-position. Positions whose mean share exceeds a threshold are shown by name, the rest are
-pooled into "internal image" and "row separators".
+With one fixed prompt ("<image> This shape is a") and images of one size (the authors resize to
+512x512) all sequences have the same layout, and the per-position attention shares f_j^l
+(paper eq. 2) are averaged over samples position by position. Variable-resolution images
+(Pixtral, Emu3, Qwen2-VL, LLaVA-NeXT at natural size) give spans of different lengths: the
+positions are then matched by name (``[EOI]``, ``image N``, ``row separator N``; see
+:func:`~narrowgate_utils.metrics.span_token_names`) and a position a sample lacks counts as
+zero attention for it. For equal spans both readings are the same number. Positions whose
+mean share exceeds a threshold are shown by name, the rest are pooled into "internal image"
+and "row separators".
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ..data.sample import Sample
-from ..metrics import RunningMean, aggregate_attention_shares, span_token_names
+from ..metrics import aggregate_attention_shares, span_token_names
 from ..models.base import Adapter
 from ..tracing import cross_modal_attention_profile
-from .common import batched, cached_batches
+from .common import batched, model_fingerprint
 
 
-def attention_batch(adapter: Adapter, chunk: Sequence[Sample], prompt: str, layers: Sequence[int] | None,
-                    names: Sequence[str] | None = None) -> tuple[np.ndarray, list[str], list[str]]:
-    """Raw (unnormalised) text→image attention of one batch, [batch, n_layers, n_span], with the
-    span's position names and groups; ``names`` (if given) must match the batch's span."""
+class NamedSums:
+    """Raw text→image attention summed over samples per span-position name, ``{name: [n_layers]}``,
+    names kept in span order (a name first seen in a longer span goes after its predecessor)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, np.ndarray] = {}
+        self.groups: dict[str, str] = {}
+        self.count = 0
+
+    def add(self, names: Sequence[str], groups: Sequence[str], raw: np.ndarray, count: int) -> None:
+        """Add ``raw`` (``[n_layers, len(names)]``, already summed over ``count`` samples)."""
+        order = list(self.sums)
+        previous = None
+        for j, (name, group) in enumerate(zip(names, groups)):
+            if name not in self.sums:
+                order.insert(order.index(previous) + 1 if previous is not None else 0, name)
+                self.sums[name] = np.zeros(raw.shape[0])
+                self.groups[name] = group
+            self.sums[name] = self.sums[name] + raw[:, j]
+            previous = name
+        self.sums = {name: self.sums[name] for name in order}
+        self.count += count
+
+    def profile(self) -> tuple[np.ndarray, list[str], list[str]]:
+        """f_j^l (eq. 2) of the sample-averaged raw attention, ``[n_layers, n_names]``, with names and groups."""
+        if not self.count:
+            raise ValueError("No samples were added: the attention profile is empty.")
+        mean = np.stack(list(self.sums.values()), axis=1) / self.count
+        return mean / mean.sum(axis=1, keepdims=True), list(self.sums), [self.groups[n] for n in self.sums]
+
+
+def attention_batch(adapter: Adapter, chunk: Sequence[Sample], prompt: str,
+                    layers: Sequence[int] | None) -> dict[str, np.ndarray]:
+    """Raw (unnormalised) text→image attention of one batch summed over its rows, per position
+    name: ``raw`` ``[n_layers, n_names]``, ``names``, ``groups`` and the row ``count``."""
     batch = adapter.build_batch([s.image for s in chunk], [prompt] * len(chunk))
     profile = cross_modal_attention_profile(adapter, batch, layers=layers, normalize=False)  # [L, B, n_span]
-    chunk_names, chunk_groups = span_token_names(batch.layouts[0])
-    if names is not None and list(chunk_names) != list(names):
-        raise ValueError("Image spans differ between samples; use images of one size so the layout is fixed.")
-    return np.transpose(profile, (1, 0, 2)), chunk_names, chunk_groups
+    sums = NamedSums()
+    for row, layout in enumerate(batch.layouts):
+        names, groups = span_token_names(layout)
+        sums.add(names, groups, profile[:, row, :len(names)], 1)
+    return {"raw": np.stack(list(sums.sums.values()), axis=1), "names": np.array(list(sums.sums)),
+            "groups": np.array([sums.groups[n] for n in sums.sums]), "count": np.array(sums.count)}
 
 
 def mean_attention_profile(adapter: Adapter, samples: Sequence[Sample], prompt: str, layers: Sequence[int] | None = None,
                            batch_size: int = 16) -> tuple[np.ndarray, list[str], list[str]]:
     """f_j^l (eq. 2) of the sample-averaged attention, [n_layers, n_span], with the span's position
     names and groups. Raw attention is averaged over samples first and normalised at the end."""
-    running = RunningMean()
-    names: list[str] | None = None
-    groups: list[str] = []
-    for chunk in batched(samples, batch_size, desc=f"attention · {adapter.model_id}"):
-        profile, names, groups = attention_batch(adapter, chunk, prompt, layers, names)
-        running.update(profile, batch=True)
-    mean = running.mean  # raw attention averaged over samples, then normalised (the authors' order)
-    return mean / mean.sum(axis=1, keepdims=True), names, groups
+    return attention_profile(adapter, samples, prompt, layers, batch_size, cache=False)
 
 
 def attention_shares(mean_profile: np.ndarray, names: list[str], groups: list[str], layers: Sequence[int],
@@ -53,12 +85,32 @@ def attention_shares(mean_profile: np.ndarray, names: list[str], groups: list[st
     return shares
 
 
-def attention_profile(adapter: Adapter, samples: Sequence[Sample], prompt: str, layers: Sequence[int],
-                      batch_size: int = 16, cache_dir: str | None = None) -> tuple[np.ndarray, list[str], list[str]]:
-    """:func:`mean_attention_profile` with the per-sample raw attention streamed through the activation cache."""
-    names, groups = span_token_names(adapter.build_batch([samples[0].image], [prompt]).layouts[0]) if samples else ([], [])
-    arrays = cached_batches(adapter, samples, "cross_modal_attention", {"layers": list(layers), "prompt": prompt},
-                            lambda i, chunk: {"raw": attention_batch(adapter, chunk, prompt, layers, names)[0]},
-                            batch_size, axis=0, cache_dir=cache_dir)
-    mean = arrays["raw"].astype(np.float64).mean(axis=0)
-    return mean / mean.sum(axis=1, keepdims=True), list(names), list(groups)
+def attention_profile(adapter: Adapter, samples: Sequence[Sample], prompt: str, layers: Sequence[int] | None,
+                      batch_size: int = 16, cache_dir: str | None = None, *,
+                      cache: bool = True) -> tuple[np.ndarray, list[str], list[str]]:
+    """:func:`mean_attention_profile`, each batch's per-name sums stored in the activation cache as
+    soon as it is computed (a killed run resumes at the first missing batch; ``cache=False``
+    keeps nothing on disk). Memory is flat in the number of samples."""
+    from ..cache import ActivationStore
+    from ..toy.registry import cache_dir as default_cache_dir
+
+    store = ActivationStore(Path(cache_dir) if cache_dir is not None else default_cache_dir() / "activations")
+    params = {"what": "cross_modal_attention", "model": model_fingerprint(adapter), "batch_size": batch_size,
+              "layers": list(layers or []), "prompt": prompt}
+    sums = NamedSums()
+    for i, chunk in enumerate(batched(samples, batch_size, desc=f"attention · {adapter.model_id}")):
+        if cache:
+            part = store.get_or_compute({**params, "part": i, "samples": [s.uid for s in chunk]},
+                                        lambda: attention_batch(adapter, chunk, prompt, layers))
+        else:
+            part = attention_batch(adapter, chunk, prompt, layers)
+        sums.add([str(n) for n in part["names"]], [str(g) for g in part["groups"]], part["raw"], int(part["count"]))
+    return sums.profile()
+
+
+def attention_shares(mean_profile: np.ndarray, names: list[str], groups: list[str], layers: Sequence[int],
+                     threshold: float = 0.01) -> pd.DataFrame:
+    """Tidy (layer, token, share) table in the style of Fig. 3."""
+    shares = aggregate_attention_shares(mean_profile, names, groups, threshold=threshold)
+    shares["layer"] = np.asarray(list(layers))[shares["layer"].to_numpy()]
+    return shares

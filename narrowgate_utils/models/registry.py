@@ -20,6 +20,7 @@ ADAPTERS: dict[str, str] = {
     "pixtral": "narrowgate_utils.models.pixtral:PixtralAdapter",
     "janus": "narrowgate_utils.models.janus:JanusAdapter",
     "qwen2_vl": "narrowgate_utils.models.qwen2vl:Qwen2VLAdapter",
+    "idefics3": "narrowgate_utils.models.idefics3:Idefics3Adapter",
 }
 SUPPORTED_FAMILIES = tuple(ADAPTERS)
 
@@ -35,12 +36,14 @@ def adapter_class(family: str) -> type[Adapter]:
 
 
 def family_of(config: Any) -> str:
-    """Map a transformers config to an adapter family (Pixtral is LLaVA with a Pixtral tower)."""
+    """Map a transformers config to an adapter family (Pixtral is LLaVA with a Pixtral tower; SmolVLM2 is Idefics3)."""
     model_type = getattr(config, "model_type", None)
     if model_type == "llava" and getattr(getattr(config, "vision_config", None), "model_type", None) == "pixtral":
         return "pixtral"
     if model_type in ("qwen2_vl", "qwen2_5_vl"):
         return "qwen2_vl"
+    if model_type == "smolvlm":  # SmolVLM2: Idefics3's architecture and image expansion
+        return "idefics3"
     if model_type in ADAPTERS:
         return model_type
     raise ValueError(
@@ -71,6 +74,26 @@ def _check_device(device: str) -> None:
                          "visible GPUs).") from error
     if parsed.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device='{device}' was requested but no CUDA GPU is available; use device='cpu'.")
+
+
+#: sub-configs holding a vision encoder: no chapter reads their attention, so they keep fused attention
+VISION_SUB_CONFIGS = ("vision_config",)
+
+
+def attention_implementations(config: Any, attn_implementation: str) -> str | dict[str, str]:
+    """``attn_implementation`` for the language model, ``sdpa`` for the vision tower.
+
+    Eager attention is needed only where post-softmax weights are read or edited, all in the
+    language model. Pixtral's tower packs every image of a batch into one sequence, so eager
+    attention there would hold a (patches in the batch)² matrix per head (≈94 GB per layer at
+    batch 32 of COCO images). A config without a vision sub-config gets the plain string.
+    """
+    sub_configs = getattr(config, "sub_configs", {}) or {}
+    towers = [name for name in VISION_SUB_CONFIGS if name in sub_configs and getattr(config, name, None) is not None]
+    if not towers or attn_implementation == "sdpa":
+        return attn_implementation
+    return {"": attn_implementation, **{name: attn_implementation for name in sub_configs if name not in towers},
+            **{name: "sdpa" for name in towers}}
 
 
 def resolve_checkpoint(model_id: str | Path) -> str:
@@ -135,20 +158,23 @@ def load(
     checkpoint = resolve_checkpoint(model_id)
     config = AutoConfig.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
     cls = adapter_class(family_of(config))
+    attention = attention_implementations(config, attn_implementation)
+    model_class = cls.model_class()
     if remote and remote != "local":  # weights stay on the server: only the structure, on the meta device
+        # auto classes (Qwen2-VL) build from a config with ``from_config``, concrete ones with ``_from_config``
+        build = getattr(model_class, "from_config", None) if model_class.__name__.startswith("Auto") else None
         with torch.device("meta"):
-            model = cls.model_class()._from_config(config, dtype=torch_dtype, attn_implementation=attn_implementation)
+            model = (build or model_class._from_config)(config, dtype=torch_dtype, attn_implementation=attention)
     else:
-        model = cls.model_class().from_pretrained(
+        # straight onto the requested device (a 7B model never passes through host RAM in float32)
+        model = model_class.from_pretrained(
             checkpoint,
             dtype=torch_dtype,
-            device_map=device_map,
-            attn_implementation=attn_implementation,
+            device_map=device_map if device_map is not None else (None if device == "cpu" else device),
+            attn_implementation=attention,
             use_safetensors=True,
             trust_remote_code=trust_remote_code,
         )
-        if device_map is None:
-            model = model.to(device)
     model.eval()
     try:
         processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
