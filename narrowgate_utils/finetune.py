@@ -24,7 +24,6 @@ stops early at ``max_steps``.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
@@ -36,11 +35,11 @@ import tempfile
 import time
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -53,6 +52,9 @@ from .experiments.common import CLASS_PROMPTS, model_fingerprint
 from .interventions import knockout_attention
 from .layout import Batch
 from .models.base import Adapter
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 #: image-to-text tasks a training mix may contain
 TASKS = ("vqa", "caption", "class", "instruction")
@@ -302,6 +304,20 @@ def _peft_quietly() -> Iterator[None]:
         yield
 
 
+def _flag_restorer(model: torch.nn.Module) -> Callable[[], None]:
+    """A function that puts back ``model``'s current requires_grad flags and train/eval mode
+    (wrapping a model with peft changes both); call it after the LoRA layers are removed."""
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    was_training = model.training
+
+    def restore() -> None:
+        for name, p in model.named_parameters():
+            p.requires_grad_(flags[name])
+        model.train(was_training)
+
+    return restore
+
+
 def _check_lora_placement(adapter: Adapter, model: torch.nn.Module, config: FinetuneConfig) -> None:
     prefix = "base_model.model." + _layers_prefix(adapter) + "."
     wrapped = {name.split(".lora_", 1)[0] for name in lora_parameter_names(model)}
@@ -441,8 +457,9 @@ def finetune_lora(adapter: Adapter, samples: Sequence[Sample], config: FinetuneC
     Resumable: the state is checkpointed every ``config.checkpoint_every`` steps; a rerun with
     the same model, samples and config continues from the last checkpoint, and a finished run
     is returned without retraining. ``adapter.model`` is left as it was (LoRA removed, flags
-    and train/eval mode restored). Load the result with :func:`load_finetuned`. ``mix``: see
-    :func:`build_training_examples` (None: every task the samples have data for).
+    and train/eval mode restored). Evaluate the result with :func:`finetuned` (merged into
+    ``adapter.model`` for a while) or :func:`load_finetuned` (a freshly loaded model). ``mix``:
+    see :func:`build_training_examples` (None: every task the samples have data for).
     """
     from peft import get_peft_model
     from transformers import get_cosine_schedule_with_warmup
@@ -464,8 +481,7 @@ def finetune_lora(adapter: Adapter, samples: Sequence[Sample], config: FinetuneC
     output_dir.mkdir(parents=True, exist_ok=True)
 
     base = adapter.model
-    flags = {name: p.requires_grad for name, p in base.named_parameters()}
-    was_training = base.training
+    restore_flags = _flag_restorer(base)
     torch.manual_seed(config.seed)
     with _peft_quietly():
         model = get_peft_model(base, lora_config(adapter, config))
@@ -519,9 +535,7 @@ def finetune_lora(adapter: Adapter, samples: Sequence[Sample], config: FinetuneC
             base.activation_checkpointing_disable()
             base.disable_input_require_grads()
         model.unload()
-        for name, p in base.named_parameters():
-            p.requires_grad_(flags[name])
-        base.train(was_training)
+        restore_flags()
     return output_dir
 
 
@@ -536,35 +550,77 @@ def lora_parameter_names(model: torch.nn.Module) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ loading
-def load_finetuned(model_id_or_adapter: str | Path | Adapter, adapter_dir: str | Path, **load_kwargs: Any) -> Adapter:
-    """The base model with the LoRA weights of ``adapter_dir`` merged in, in its family adapter.
-
-    A model id (hub id, local dir, toy name) is loaded with :func:`narrowgate_utils.models.registry.load`
-    (``load_kwargs`` passed on); an :class:`Adapter` is deep-copied, so the base stays usable
-    for before/after comparisons. The merged model is a plain transformers model, so tracing
-    and knockout work unchanged. Its ``model_id`` names the base, the run folder and a hash of
-    the adapter weights, so activation caches never mix base and fine-tuned models.
-    """
-    from peft import PeftModel
-
-    from .models.registry import adapter_for, load
-
+def _finished_run(adapter_dir: str | Path) -> Path:
+    """``adapter_dir`` as a path, checked to hold the adapter files of a finished run."""
     adapter_dir = Path(adapter_dir)
     missing = [name for name in ADAPTER_FILES if not (adapter_dir / name).exists()]
     if missing:
         raise ValueError(f"{adapter_dir} is not a finished LoRA run (missing {missing}); run finetune_lora first.")
-    if isinstance(model_id_or_adapter, Adapter):
-        source = model_id_or_adapter
-        base = copy.deepcopy(source.model)
-    else:
-        source = load(model_id_or_adapter, **load_kwargs)
-        base = source.model
+    return adapter_dir
+
+
+def _with_lora(model: torch.nn.Module, adapter_dir: Path) -> PeftModel:
+    """``model`` wrapped (in place) in a peft model holding the LoRA weights of ``adapter_dir``."""
+    from peft import PeftModel
+
     with _peft_quietly():
-        merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
-    merged.eval()
+        return PeftModel.from_pretrained(model, adapter_dir)
+
+
+def _finetuned_adapter(base: Adapter, merged: torch.nn.Module, adapter_dir: Path) -> Adapter:
+    """Adapter of ``base``'s family over ``merged``, with a ``model_id`` naming the base, the run
+    folder and a hash of the adapter weights, so activation caches never mix base and fine-tuned models."""
+    from .models.registry import adapter_for
+
     digest = hashlib.sha256((adapter_dir / ADAPTER_FILES[0]).read_bytes()).hexdigest()[:10]
-    model_id = f"{source.model_id}+lora:{adapter_dir.resolve().name}:{digest}"
-    return adapter_for(merged, source.processor, model_id, source.checkpoint_dir)
+    model_id = f"{base.model_id}+lora:{adapter_dir.resolve().name}:{digest}"
+    return adapter_for(merged, base.processor, model_id, base.checkpoint_dir)
+
+
+@contextmanager
+def finetuned(adapter: Adapter, adapter_dir: str | Path) -> Iterator[Adapter]:
+    """Context in which ``adapter.model`` holds the LoRA weights of ``adapter_dir``, merged in place;
+    yields an adapter over it (its own ``model_id``, see :func:`load_finetuned`).
+
+    No second copy of the model is made: only the weights of the modules LoRA touches are kept
+    (on the CPU) and put back bit for bit on exit, errors included, together with the
+    requires_grad flags and train/eval mode. Inside the context use only the yielded adapter:
+    ``adapter`` computes the fine-tuned model under the base's ``model_id``.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    adapter_dir = _finished_run(adapter_dir)
+    model = adapter.model
+    restore_flags = _flag_restorer(model)
+    wrapped = _with_lora(model, adapter_dir)
+    originals = [(p, p.detach().to("cpu", copy=True)) for module in wrapped.modules()
+                 if isinstance(module, BaseTunerLayer) for p in module.get_base_layer().parameters()]
+    try:
+        merged = wrapped.merge_and_unload()
+        merged.eval()
+        yield _finetuned_adapter(adapter, merged, adapter_dir)
+    finally:
+        with torch.no_grad():
+            for param, original in originals:
+                param.copy_(original)
+        restore_flags()
+
+
+def load_finetuned(model_id: str | Path, adapter_dir: str | Path, **load_kwargs: Any) -> Adapter:
+    """A freshly loaded base model (:func:`narrowgate_utils.models.registry.load` with ``load_kwargs``)
+    with the LoRA weights of ``adapter_dir`` merged in, in its family adapter.
+
+    The merged model is a plain transformers model, so tracing and knockout work unchanged. Its
+    ``model_id`` names the base, the run folder and a hash of the adapter weights. To compare
+    with a base model already in memory, use :func:`finetuned` (no second copy).
+    """
+    from .models.registry import load
+
+    adapter_dir = _finished_run(adapter_dir)
+    base = load(model_id, **load_kwargs)
+    merged = _with_lora(base.model, adapter_dir).merge_and_unload()
+    merged.eval()
+    return _finetuned_adapter(base, merged, adapter_dir)
 
 
 __all__ = [
@@ -576,6 +632,7 @@ __all__ = [
     "count_target_tokens",
     "eoi_mask",
     "finetune_lora",
+    "finetuned",
     "load_finetuned",
     "lora_config",
     "lora_parameter_names",

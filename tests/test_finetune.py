@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import json
 
 import pytest
@@ -12,9 +13,12 @@ from safetensors.torch import load_file
 from dataset_fixtures import LLAVA_CONVERSATIONS, write_llava_instruct, write_vqav2
 
 from narrowgate_utils.datasets import load_samples, load_training_mix
+from narrowgate_utils.experiments import attention, knockout
+from narrowgate_utils.experiments import masked_finetune as mft
+from narrowgate_utils.experiments.common import CLASS_PROMPTS
 from narrowgate_utils.finetune import (ADAPTER_FILES, CHECKPOINT_DIR, TRAINING_LOG, FinetuneConfig,
-                                       build_training_examples, collate, eoi_mask, finetune_lora, load_finetuned,
-                                       lora_config, lora_parameter_names, target_loss)
+                                       build_training_examples, collate, eoi_mask, finetune_lora, finetuned,
+                                       load_finetuned, lora_config, lora_parameter_names, target_loss)
 from narrowgate_utils.tiny import build_tiny
 
 torch.set_num_threads(1)
@@ -47,6 +51,25 @@ def mean_target_loss(adapter, examples) -> float:
 
 def lora_weights(path) -> dict[str, torch.Tensor]:
     return load_file(path / "adapter_model.safetensors")
+
+
+def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.clone() for name, tensor in model.state_dict().items()}
+
+
+def assert_bit_identical(model: torch.nn.Module, expected: dict[str, torch.Tensor]) -> None:
+    state = model.state_dict()
+    assert state.keys() == expected.keys()
+    assert [name for name in state if not torch.equal(state[name], expected[name])] == []
+
+
+#: peft's reference models (built here, outside finetune's own warning filter) read this transformers flag
+PEFT_FLAG_WARNING = "ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"
+
+
+def deepcopy_merge(adapter, out) -> torch.nn.Module:
+    """The fine-tuned model as it used to be built: LoRA merged into a deep copy of the base."""
+    return PeftModel.from_pretrained(copy.deepcopy(adapter.model), out).merge_and_unload().eval()
 
 
 # ---------------------------------------------------------------------------------- mask
@@ -114,7 +137,8 @@ def test_short_run_lowers_loss_and_saves_only_the_adapter(family, samples, tmp_p
     assert log["steps"] == 20 and all(map(torch.isfinite, torch.tensor(losses)))
     assert sum(losses[-5:]) < sum(losses[:5])
     # on the whole training set (untrained tiny models: ~3.5 → ~2.9 nats per target token)
-    assert mean_target_loss(load_finetuned(adapter, out), examples) < 0.9 * loss_before
+    with finetuned(adapter, out) as tuned:
+        assert mean_target_loss(tuned, examples) < 0.9 * loss_before
     assert {p.name for p in out.iterdir()} == {*ADAPTER_FILES, TRAINING_LOG, CHECKPOINT_DIR}
     weights = lora_weights(out)
     assert weights and all(".lora_A." in k or ".lora_B." in k for k in weights)
@@ -162,24 +186,109 @@ def test_gradient_checkpointing_gives_the_same_run(samples, tmp_path):
     torch.testing.assert_close(torch.tensor(curve[0]), torch.tensor(curve[1]), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.filterwarnings(PEFT_FLAG_WARNING)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_load_finetuned_matches_the_peft_model(family, samples, tmp_path):
+def test_finetuned_merges_in_place_and_restores_the_exact_base(family, samples, tmp_path):
     adapter = tiny(family)
     out = finetune_lora(adapter, samples, quick(max_steps=4), tmp_path / family, progress=False)
-    merged = load_finetuned(adapter, out)
-    assert type(merged) is type(adapter) and merged.model is not adapter.model
-    assert not lora_parameter_names(merged.model) and merged.model_id != adapter.model_id
     batch, _ = collate(adapter, build_training_examples(adapter, samples[:3]))
-    peft_model = PeftModel.from_pretrained(copy.deepcopy(adapter.model), out).eval()
+    original = snapshot(adapter.model)
+    flags = {name: p.requires_grad for name, p in adapter.model.named_parameters()}
     with torch.no_grad():
-        reference = peft_model(**batch.inputs).logits
-        logits = merged.model(**batch.inputs).logits
         base = adapter.model(**batch.inputs).logits
-        with eoi_mask(merged, batch):  # the knockout machinery sees a plain HF model
-            knocked = merged.model(**batch.inputs).logits
+        reference = PeftModel.from_pretrained(copy.deepcopy(adapter.model), out).eval()(**batch.inputs).logits
+        copy_merged = deepcopy_merge(adapter, out)(**batch.inputs).logits
+    with finetuned(adapter, out) as merged:
+        assert type(merged) is type(adapter) and merged.model is adapter.model  # no second copy
+        assert not lora_parameter_names(merged.model) and merged.model_id.startswith(f"{adapter.model_id}+lora:{family}:")
+        with torch.no_grad():
+            logits = merged.model(**batch.inputs).logits
+            with eoi_mask(merged, batch):  # the knockout machinery sees a plain HF model
+                knocked = merged.model(**batch.inputs).logits
+    torch.testing.assert_close(logits, copy_merged, atol=1e-6, rtol=0)
     torch.testing.assert_close(logits, reference, atol=1e-4, rtol=1e-4)
     assert (logits - base).abs().max() > 1e-3
     assert (knocked - logits).abs().max() > 1e-5
+    assert_bit_identical(adapter.model, original)
+    assert {name: p.requires_grad for name, p in adapter.model.named_parameters()} == flags
+    assert not adapter.model.training and not hasattr(adapter.model, "peft_config")
+    with pytest.raises(RuntimeError, match="evaluation failed"), finetuned(adapter, out):
+        raise RuntimeError("evaluation failed")
+    assert_bit_identical(adapter.model, original)
+
+
+def test_load_finetuned_loads_a_fresh_merged_model(samples, tmp_path):
+    from narrowgate_utils import models
+
+    checkpoint = tmp_path / "checkpoint"
+    tiny("chameleon").model.save_pretrained(checkpoint)
+    tiny("chameleon").processor.save_pretrained(checkpoint)
+    base = models.load(checkpoint)
+    out = finetune_lora(base, samples[:6], quick(max_steps=2), tmp_path / "run", progress=False)
+    loaded = load_finetuned(checkpoint, out)
+    assert loaded.model is not base.model and not lora_parameter_names(loaded.model)
+    batch, _ = collate(base, build_training_examples(base, samples[:2]))
+    with torch.no_grad(), finetuned(base, out) as merged:
+        assert loaded.model_id == merged.model_id
+        torch.testing.assert_close(loaded.model(**batch.inputs).logits, merged.model(**batch.inputs).logits,
+                                   atol=1e-6, rtol=0)
+
+
+@pytest.mark.filterwarnings(PEFT_FLAG_WARNING)
+def test_before_after_evaluation_keeps_one_copy_of_the_model(samples, tmp_path, monkeypatch):
+    """The base and both fine-tuned variants are evaluated one at a time in the same weights."""
+    adapter = tiny("chameleon")
+    runs = mft.finetune_both(adapter, samples[:6], quick(max_steps=2), tmp_path, CLASS_PROMPTS["toy"])
+    original = snapshot(adapter.model)
+    probe = "model.layers.0.self_attn.q_proj.weight"
+    expected = {"before": original[probe], **{name: deepcopy_merge(adapter, path).state_dict()[probe]
+                                              for name, path in runs.items()}}
+    gc.collect()
+    model_class = type(adapter.model)
+    copies = sum(type(o) is model_class for o in gc.get_objects())
+    real_deepcopy, seen = copy.deepcopy, {}
+
+    def no_model_copies(value, *args, **kwargs):
+        assert not isinstance(value, torch.nn.Module), "the model was deep-copied"
+        return real_deepcopy(value, *args, **kwargs)
+
+    def record(model) -> None:
+        assert model.model is adapter.model
+        assert sum(type(o) is model_class for o in gc.get_objects()) == copies
+        seen.setdefault(model.model_id, adapter.model.state_dict()[probe].clone())
+
+    def fake_scores(model, *args, mode="post_softmax", **kwargs):
+        record(model)
+        return {"vqa_accuracy": 1.0}
+
+    def recorded_profile(model, *args, **kwargs):
+        record(model)
+        return real_profile(model, *args, **kwargs)
+
+    real_profile = attention.mean_attention_profile
+    monkeypatch.setattr(copy, "deepcopy", no_model_copies)
+    monkeypatch.setattr(knockout, "evaluate_tasks", fake_scores)
+    monkeypatch.setattr(attention, "mean_attention_profile", recorded_profile)
+    table = mft.before_after_table(mft.variants(adapter, runs), [], ["vqa"], ["none", "eoi"], None, [])
+    assert list(dict.fromkeys(table["variant"])) == list(mft.VARIANTS)
+    assert len(seen) == 3 and adapter.model_id in seen  # distinct ids: the caches never mix variants
+    for weight, name in zip(seen.values(), mft.VARIANTS):
+        assert torch.equal(weight, expected[name]), name
+    assert_bit_identical(adapter.model, original)
+    seen.clear()
+    shares, chis = mft.profiles(mft.variants(adapter, runs), samples[:4], CLASS_PROMPTS["toy"], k=2, batch_size=4)
+    assert set(shares["model"]) == set(chis["model"]) == set(mft.VARIANTS) and len(seen) == 3
+    assert_bit_identical(adapter.model, original)
+
+    def failing_scores(model, *args, **kwargs):
+        if model.model_id != adapter.model_id:
+            raise RuntimeError("evaluation failed")
+        return {"vqa_accuracy": 1.0}
+
+    monkeypatch.setattr(knockout, "evaluate_tasks", failing_scores)
+    with pytest.raises(RuntimeError, match="evaluation failed"):
+        mft.before_after_table(mft.variants(adapter, runs), [], ["vqa"], ["none"], None, [])
+    assert_bit_identical(adapter.model, original)  # the failed variant's LoRA did not stay merged
 
 
 # ------------------------------------------------------------------------------- errors
@@ -193,8 +302,10 @@ def test_bad_inputs_raise_value_errors(samples, tmp_path):
         build_training_examples(adapter, samples, mix=("vqa", "retrieval"))
     with pytest.raises(ValueError, match="No samples"):
         finetune_lora(adapter, [], quick(), tmp_path / "empty", progress=False)
+    with pytest.raises(ValueError, match="finished LoRA run"), finetuned(adapter, tmp_path / "nothing"):
+        pass
     with pytest.raises(ValueError, match="finished LoRA run"):
-        load_finetuned(adapter, tmp_path / "nothing")
+        load_finetuned("tiny-chameleon", tmp_path / "nothing")
     assert FinetuneConfig.paper().effective_batch == 128
     assert (FinetuneConfig.paper().rank, FinetuneConfig.paper().alpha, FinetuneConfig.paper().lr) == (128, 256.0, 2e-5)
 

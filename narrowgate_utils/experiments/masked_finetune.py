@@ -11,14 +11,15 @@ reports both knockout modes (a ``mode`` column).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from contextlib import closing, contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
 from ..data.sample import Sample
-from ..finetune import FinetuneConfig, finetune_lora, load_finetuned, read_training_log
+from ..finetune import FinetuneConfig, finetune_lora, finetuned, read_training_log
 from ..cache import key_hash
 from ..interventions import KNOCKOUT_MODES
 from ..models.base import Adapter
@@ -26,6 +27,8 @@ from . import attention, knockout, overlap
 from .common import model_fingerprint
 
 VARIANTS = ("before", "masked", "control")
+#: (variant, adapter) pairs: a dict, or the lazy :func:`variants` (one fine-tuned model at a time)
+Variants = Mapping[str, Adapter] | Generator[tuple[str, Adapter], None, None]
 
 
 def finetune_both(adapter: Adapter, train_samples: Sequence[Sample], config: FinetuneConfig, run_dir: str | Path,
@@ -42,9 +45,29 @@ def finetune_both(adapter: Adapter, train_samples: Sequence[Sample], config: Fin
             for name in ("masked", "control")}
 
 
-def variants(adapter: Adapter, runs: dict[str, Path]) -> dict[str, Adapter]:
-    """The base model and the two fine-tuned models (LoRA merged), keyed by variant."""
-    return {"before": adapter, **{name: load_finetuned(adapter, path) for name, path in runs.items()}}
+def variants(adapter: Adapter, runs: Mapping[str, Path]) -> Generator[tuple[str, Adapter], None, None]:
+    """("before", the base model), then (run name, fine-tuned model) for each run, lazily.
+
+    Each run's LoRA is merged into the base weights in place (:func:`finetuned`) when its turn
+    comes and removed, the base weights restored exactly, when the next pair is requested, so
+    only one copy of the weights exists (a 7B model fits one GPU). One pass only: create one
+    per evaluation.
+    """
+    yield "before", adapter
+    for name, path in runs.items():
+        with finetuned(adapter, path) as model:
+            yield name, model
+
+
+@contextmanager
+def _one_at_a_time(models: Variants) -> Iterator[Iterable[tuple[str, Adapter]]]:
+    """The (variant, adapter) pairs of ``models``; a :func:`variants` generator is closed on exit,
+    an early one (an error) included, so no fine-tuned weights stay merged into the base."""
+    if isinstance(models, Mapping):
+        yield models.items()
+    else:
+        with closing(models):
+            yield models
 
 
 def training_curves(runs: dict[str, Path]) -> pd.DataFrame:
@@ -57,40 +80,45 @@ def training_curves(runs: dict[str, Path]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def before_after_table(models: dict[str, Adapter], samples: Sequence[Sample], tasks: Sequence[str],
+def before_after_table(models: Variants, samples: Sequence[Sample], tasks: Sequence[str],
                        ablations: Sequence[str], class_prompt: str, class_names: Sequence[str],
                        modes: Sequence[str] = ("pre_softmax", "post_softmax"), **kwargs) -> pd.DataFrame:
     """Knockout table (see :func:`knockout.knockout_table`) of every variant under every knockout
     mode in ``modes``: ``pre_softmax`` is the block the masked run trained with, ``post_softmax``
     the paper's evaluation knockout. Columns ``variant`` and ``mode``; the mode-independent
-    baseline ("none") is computed once per variant and listed under every mode.
+    baseline ("none") is computed once per variant and listed under every mode. ``models``:
+    ``variants(adapter, runs)`` (one model in memory at a time) or a dict of adapters.
     """
     if not modes or any(mode not in KNOCKOUT_MODES for mode in modes):
         raise ValueError(f"modes must be a non-empty selection of {KNOCKOUT_MODES}, got {list(modes)}.")
     frames = []
-    for name, model in models.items():
-        baseline = None
-        for mode in modes:
-            todo = [a for a in ablations if baseline is None or a != "none"]
-            table = knockout.knockout_table(model, samples, tasks, todo, class_prompt, class_names, mode=mode, **kwargs)
-            if baseline is None:
-                baseline = table[table["ablation"] == "none"]
-            else:
-                table = pd.concat([baseline.assign(mode=mode), table], ignore_index=True)
-            frames.append(table.assign(variant=name))
+    with _one_at_a_time(models) as pairs:
+        for name, model in pairs:
+            baseline = None
+            for mode in modes:
+                todo = [a for a in ablations if baseline is None or a != "none"]
+                table = knockout.knockout_table(model, samples, tasks, todo, class_prompt, class_names, mode=mode,
+                                                **kwargs)
+                if baseline is None:
+                    baseline = table[table["ablation"] == "none"]
+                else:
+                    table = pd.concat([baseline.assign(mode=mode), table], ignore_index=True)
+                frames.append(table.assign(variant=name))
     return pd.concat(frames, ignore_index=True)
 
 
-def profiles(models: dict[str, Adapter], samples: Sequence[Sample], prompt: str, k: int = 30, batch_size: int = 16,
+def profiles(models: Variants, samples: Sequence[Sample], prompt: str, k: int = 30, batch_size: int = 16,
              seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """f^l shares (eq. 2) and χ^l (eq. 3) of every variant, with the variant as the 'model' column."""
+    """f^l shares (eq. 2) and χ^l (eq. 3) of every variant, with the variant as the 'model' column;
+    ``models`` as in :func:`before_after_table`."""
     shares, chis = [], []
     labels = [s.label for s in samples]
-    for name, model in models.items():
-        layers = model.check_layers(None)
-        profile, names, groups = attention.mean_attention_profile(model, samples, prompt, layers, batch_size)
-        shares.append(attention.attention_shares(profile, names, groups, layers).assign(model=name))
-        vectors = overlap.collect_overlap_vectors(model, samples, prompt, layers, max_internal=8, batch_size=batch_size,
-                                                  seed=seed)
-        chis.append(overlap.overlap_profile(vectors, labels, layers, k).assign(model=name))
+    with _one_at_a_time(models) as pairs:
+        for name, model in pairs:
+            layers = model.check_layers(None)
+            profile, names, groups = attention.mean_attention_profile(model, samples, prompt, layers, batch_size)
+            shares.append(attention.attention_shares(profile, names, groups, layers).assign(model=name))
+            vectors = overlap.collect_overlap_vectors(model, samples, prompt, layers, max_internal=8,
+                                                      batch_size=batch_size, seed=seed)
+            chis.append(overlap.overlap_profile(vectors, labels, layers, k).assign(model=name))
     return pd.concat(shares, ignore_index=True), pd.concat(chis, ignore_index=True)
