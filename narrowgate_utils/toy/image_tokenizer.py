@@ -121,7 +121,9 @@ class PatchCodebook:
                 "kind": "kmeans_patch_codebook"}
         fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
         os.close(fd)
-        save_file({"codebook": self.codebook}, tmp, metadata={k: str(v) for k, v in meta.items()})
+        # no safetensors metadata: it is written in hash-map order, so the file bytes (and the
+        # weights' SHA-256) would change from run to run; the settings live in the JSON file
+        save_file({"codebook": self.codebook}, tmp)
         os.replace(tmp, directory / IMAGE_TOKENIZER_WEIGHTS)
         _write_json(directory / IMAGE_TOKENIZER_CONFIG, meta)
 
