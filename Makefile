@@ -92,7 +92,7 @@ distclean: clean
 
 # Benchmarks (benchmarks/README.md): each script rewrites its own section of benchmarks/results.md.
 BENCH_ARGS ?=
-BENCH_SCRIPTS := extraction memory cache book gpu
+BENCH_SCRIPTS := extraction memory cache book gpu overlap_memory
 
 .PHONY: bench
 bench: $(VENV_STAMP)

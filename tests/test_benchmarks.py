@@ -127,3 +127,12 @@ def test_gpu_main_skips_without_cuda_and_runs_on_cpu_when_asked(tmp_path):
     assert [row[0] for row in rows] == ["`forward`", "`hidden_states`", "`collect_residual`", "`knockout`"]
     assert rows[2][5].endswith("`hidden_states`") and rows[3][5].endswith("`forward`")
     assert gpu.layer_parameters(gpu.benchlib.MidsizeSpec(hidden=4096, intermediate=11008)) == 202_375_168
+
+
+def test_overlap_memory_main_runs_fresh_processes_and_judges_growth(tmp_path):
+    path = tmp_path / "results.md"
+    argv = [*TINY, "--intermediate", "64", "--sizes", "4", "8", "--batch-size", "2", "--results", str(path)]
+    assert load_script("overlap_memory").main(argv) == 0
+    rows = table_rows(path.read_text(), "overlap_memory")
+    assert [row[0] for row in rows] == ["4", "8"]
+    assert "≤ 1.1×: met" in path.read_text()

@@ -164,3 +164,41 @@ def test_string_parts_keep_their_full_width(tmp_path):
     out = store.get_or_compute_parts(make_key("m", "toy", what="texts"), 2, texts.__getitem__)
     assert out["text"].tolist() == ["a", "bb", "a much longer answer"]
     assert store.load(make_key("m", "toy", what="texts"))["text"].tolist() == out["text"].tolist()
+
+
+def test_parts_are_joined_into_memory_mapped_npy_files_in_the_requested_dtype(tmp_path):
+    store, key = ActivationStore(tmp_path), make_key("m", "toy", what="float16")
+    out = store.get_or_compute_parts(key, 3, Parts([2, 3, 1], axis=1), axis=1, dtype="float16")
+    assert isinstance(out["x"], np.memmap) and out["x"].dtype == np.float16 and not out["x"].flags.writeable
+    assert out["n"].dtype == np.arange(1).dtype  # only floating arrays are narrowed
+    np.testing.assert_array_equal(out["x"][1, :, 2], [0, 0, 1, 1, 1, 2])
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".npy", ".npy"]  # no part, no temporary file
+    loaded = store.load(key)
+    assert isinstance(loaded["x"], np.memmap)
+    np.testing.assert_array_equal(loaded["x"], out["x"])
+    store.delete(key)
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_corrupt_or_missing_npy_file_makes_the_joined_entry_recompute(tmp_path):
+    store, key = ActivationStore(tmp_path), make_key("m", "toy", what="npy-corrupt")
+    store.get_or_compute_parts(key, 2, Parts([2, 2]), dtype="float16")
+    (npy,) = (p for p in tmp_path.glob("*.npy") if np.load(p).dtype == np.float16)
+    raw = bytearray(npy.read_bytes())
+    raw[-1] ^= 0xFF
+    npy.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="does not match its recorded size/checksum"):
+        store.load(key)
+    again = Parts([2, 2])
+    np.testing.assert_array_equal(store.get_or_compute_parts(key, 2, again, dtype="float16")["x"][:, 0, 0], [0, 0, 1, 1])
+    assert again.calls == [0, 1]
+    npy.unlink()
+    assert not store.has(key)
+    store.save(key, {"x": np.zeros(1)})  # an npz entry replaces the npy one cleanly
+    assert not list(tmp_path.glob("*.npy")) and store.load(key)["x"].tolist() == [0.0]
+
+
+def test_float16_overflow_is_an_error_not_an_infinity(tmp_path):
+    store = ActivationStore(tmp_path)
+    with pytest.raises(ValueError, match="beyond float16's range"):
+        store.get_or_compute_parts(make_key("m", "toy"), 1, lambda i: {"x": np.array([1.0, 7e4])}, dtype="float16")

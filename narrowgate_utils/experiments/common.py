@@ -101,15 +101,16 @@ def chunks(items: Sequence[T], batch_size: int) -> list[Sequence[T]]:
 
 def cached_batches(adapter: "Adapter", samples: Sequence, what: str, params: dict[str, object],
                    compute_batch: Callable[[int, list], dict[str, np.ndarray]], batch_size: int,
-                   axis: int, cache_dir: str | Path | None = None, ids: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+                   axis: int, cache_dir: str | Path | None = None, ids: Sequence[str] | None = None,
+                   dtype: str | None = None) -> dict[str, np.ndarray]:
     """Per-batch arrays of (model, samples, params), streamed to the activation cache.
 
     ``compute_batch(i, batch)`` returns the arrays of batch ``i``, with the samples along
-    ``axis``. Each batch is written to disk as soon as it is computed (memory stays flat in
-    the number of samples); a killed run resumes at the first missing batch; a finished run
-    loads the concatenated arrays without a forward pass. The key holds the model
-    fingerprint, the sample ids (``ids`` for items that are not samples), the batch size and
-    every parameter.
+    ``axis``. Each batch is written to disk as soon as it is computed, its floating arrays as
+    ``dtype`` when given (e.g. ``"float16"``); a killed run resumes at the first missing batch;
+    a finished run returns the joined arrays memory-mapped (host memory stays flat in the
+    number of samples) without a forward pass. The key holds the model fingerprint, the sample
+    ids (``ids`` for items that are not samples), the batch size, ``dtype`` and every parameter.
     """
     from ..cache import ActivationStore
     from ..toy.registry import cache_dir as default_cache_dir
@@ -118,9 +119,9 @@ def cached_batches(adapter: "Adapter", samples: Sequence, what: str, params: dic
     batches = chunks(samples, batch_size)
     key = {"what": what, "model": model_fingerprint(adapter),
            "samples": list(ids) if ids is not None else [s.uid for s in samples],
-           "batch_size": batch_size, "params": params}
+           "batch_size": batch_size, "params": params, **({"dtype": dtype} if dtype is not None else {})}
     return store.get_or_compute_parts(key, len(batches), lambda i: compute_batch(i, list(batches[i])), axis=axis,
-                                      progress=f"{what} · {adapter.model_id}")
+                                      progress=f"{what} · {adapter.model_id}", dtype=dtype)
 
 
 #: where per-batch results go: False (kept in memory only), True (the default activation cache)
@@ -130,13 +131,14 @@ Cache = bool | str | Path
 
 def per_batch(adapter: "Adapter", items: Sequence, what: str, params: dict[str, object],
               run: Callable[[int, list], dict[str, np.ndarray]], batch_size: int, cache: Cache = False,
-              desc: str = "", ids: Sequence[str] | None = None, axis: int = 0) -> dict[str, np.ndarray]:
+              desc: str = "", ids: Sequence[str] | None = None, axis: int = 0,
+              cache_dtype: str | None = None) -> dict[str, np.ndarray]:
     """``run(i, batch)`` over the batches of ``items``, concatenated along ``axis`` (the sample
-    axis of its arrays). With ``cache`` every finished batch is stored at once
-    (:func:`cached_batches`), so a killed run resumes at the first unfinished batch; without,
-    nothing is written."""
+    axis of its arrays). With ``cache`` every finished batch is stored at once, its floating
+    arrays as ``cache_dtype`` when given (:func:`cached_batches`), so a killed run resumes at the
+    first unfinished batch; without, nothing is written and the arrays stay as ``run`` made them."""
     if cache is False:
         parts = [run(i, chunk) for i, chunk in enumerate(batched(items, batch_size, desc=desc))]
         return {name: np.concatenate([part[name] for part in parts], axis=axis) for name in parts[0]}
     return cached_batches(adapter, items, what, params, run, batch_size, axis=axis,
-                          cache_dir=None if cache is True else cache, ids=ids)
+                          cache_dir=None if cache is True else cache, ids=ids, dtype=cache_dtype)

@@ -33,6 +33,9 @@ from .common import Cache, per_batch
 Internal = Literal["pooled", "per_token"]
 #: the name of the internal-image group in the vectors and in :func:`overlap_profile`
 INTERNAL_GROUP = "internal image (mean)"
+#: how :func:`overlap_vectors` stores the vectors: half the disk and page cache of float32
+#: (≈ 11 GB instead of 22 GB at 10,000 images, 33 layers × 4096 wide, 4 groups)
+CACHE_DTYPE = "float16"
 
 
 def _check_internal(internal: str) -> None:
@@ -112,12 +115,13 @@ def overlap_batch(adapter: Adapter, chunk: Sequence[Sample], prompt: str, layers
 def _overlap_arrays(adapter: Adapter, samples: Sequence[Sample], prompt: str, layers: Sequence[int] | None,
                     extra: Sequence[str], max_internal: int, batch_size: int, seed: int, internal: Internal,
                     cache: Cache) -> dict[str, np.ndarray]:
+    """The vectors of every batch, joined; with ``cache`` stored as :data:`CACHE_DTYPE` and memory-mapped."""
     _check_internal(internal)
     params = {"layers": list(layers or []), "prompt": prompt, "extra": list(extra), "internal": internal,
               "max_internal": max_internal if internal == "per_token" else None, "seed": seed}
     return per_batch(adapter, samples, "overlap", params,
                      lambda i, chunk: overlap_batch(adapter, chunk, prompt, layers, extra, max_internal, seed, internal),
-                     batch_size, cache, desc=f"overlap · {adapter.model_id}", axis=1)
+                     batch_size, cache, desc=f"overlap · {adapter.model_id}", axis=1, cache_dtype=CACHE_DTYPE)
 
 
 def collect_overlap_vectors(adapter: Adapter, samples: Sequence[Sample], prompt: str, layers: Sequence[int] | None = None,
@@ -132,12 +136,16 @@ def collect_overlap_vectors(adapter: Adapter, samples: Sequence[Sample], prompt:
 def overlap_profile(vectors: dict[str, np.ndarray], labels: Sequence[int], layers: Sequence[int],
                     k: int = 30) -> pd.DataFrame:
     """χ^{l,gt} per layer and group (eq. 3); a group of several positions (``internal="per_token"``)
-    averages χ over them, a pooled group has one vector per image."""
+    averages χ over them, a pooled group has one vector per image.
+
+    χ is computed one ``[n, d]`` slice (layer, position) at a time, read as float32, so memory-mapped
+    vectors (:func:`overlap_vectors`) are never loaded whole."""
     rows = []
     labels = np.asarray(labels)
     for name, array in vectors.items():
         for index, layer in enumerate(layers):
-            chis = [neighborhood_overlap(array[index, :, j], labels, k=k) for j in range(array.shape[2])]
+            chis = [neighborhood_overlap(np.asarray(array[index, :, j], dtype=np.float32), labels, k=k)
+                    for j in range(array.shape[2])]
             rows.append({"layer": layer, "token": name, "chi": float(np.mean(chis))})
     return pd.DataFrame(rows)
 
@@ -145,6 +153,7 @@ def overlap_profile(vectors: dict[str, np.ndarray], labels: Sequence[int], layer
 def overlap_vectors(adapter: Adapter, samples: Sequence[Sample], prompt: str, layers: Sequence[int],
                     extra: Sequence[str] = (), max_internal: int = 64, batch_size: int = 16, seed: int = 0,
                     cache_dir: str | None = None, *, internal: Internal = "pooled") -> dict[str, np.ndarray]:
-    """:func:`collect_overlap_vectors` streamed through the activation cache."""
+    """:func:`collect_overlap_vectors` streamed through the activation cache: stored as float16
+    (:data:`CACHE_DTYPE`) and returned memory-mapped, so host memory stays flat in ``len(samples)``."""
     return _overlap_arrays(adapter, samples, prompt, layers, extra, max_internal, batch_size, seed, internal,
                            cache=cache_dir or True)
