@@ -92,7 +92,7 @@ distclean: clean
 
 # Benchmarks (benchmarks/README.md): each script rewrites its own section of benchmarks/results.md.
 BENCH_ARGS ?=
-BENCH_SCRIPTS := extraction memory cache book gpu overlap_memory
+BENCH_SCRIPTS := extraction memory cache book gpu overlap_memory fused
 
 .PHONY: bench
 bench: $(VENV_STAMP)

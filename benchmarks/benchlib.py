@@ -20,7 +20,7 @@ import torch
 
 RESULTS = Path(__file__).resolve().parent / "results.md"
 #: sections of results.md in reading order (a section is written by the script of that name)
-SECTIONS = ("extraction", "memory", "cache", "book", "gpu", "overlap_memory")
+SECTIONS = ("extraction", "memory", "cache", "book", "gpu", "overlap_memory", "fused")
 HEADER = """# narrowgate benchmarks
 
 Written by `benchmarks/*.py` (`make bench` runs them all; see `benchmarks/README.md`).

@@ -136,3 +136,17 @@ def test_overlap_memory_main_runs_fresh_processes_and_judges_growth(tmp_path):
     rows = table_rows(path.read_text(), "overlap_memory")
     assert [row[0] for row in rows] == ["4", "8"]
     assert "≤ 1.1×: met" in path.read_text()
+
+
+def test_fused_main_checks_and_times_every_path(tmp_path):
+    path = tmp_path / "results.md"
+    argv = ["--hidden", "32", "--layers", "2", "--image-size", "32", "--patch", "8", "--head-dim", "16",
+            "--repeats", "1", "--adp-sizes", "200", "400", "--adp-dims", "32", "--results", str(path)]
+    assert load_script("fused").main(argv) == 0
+    text = path.read_text()
+    rows = table_rows(text, "fused")[:4]  # the first table: the model paths
+    assert [row[0] for row in rows] == ["`collect_residual`", "`fused_knockout`", "`fused_knockout_pre`",
+                                        "`eager_knockout`"]
+    assert "≤ 1.1×" in rows[0][-1] and "≤ 1.3×" in rows[1][-1]
+    assert "min for 33 layers" in text and "same neighbours" in text
+    assert torch.cuda.is_available() or "no GPU: skipped" in text

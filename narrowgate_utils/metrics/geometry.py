@@ -6,7 +6,6 @@ Density Peaks clusters w.r.t. modality) and Sec. 3.2 / eq. 3 (neighbourhood over
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -135,16 +134,91 @@ def modality_gap_profile(image_by_layer: Any, text_by_layer: Any, pairing: Pairi
     return pd.DataFrame(rows, columns=["layer", "q1", "median", "q3"])
 
 
-def _distinct_direction_distances(unit: np.ndarray, maxk: int, needed: int) -> tuple[np.ndarray, np.ndarray, Any]:
+def _sorted_distinct(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, inverse): the first row of each distinct row of ``x`` in lexicographic order, and
+    the map row -> distinct row, as ``np.unique(x, axis=0, return_index=True, return_inverse=True)``.
+
+    Its row sort is skipped when the first column has no ties: that column's order is then the
+    lexicographic one.
+    """
+    order = np.argsort(x[:, 0], kind="stable")
+    first = x[order, 0]
+    if np.all(first[1:] != first[:-1]):
+        inverse = np.empty(len(x), dtype=np.intp)
+        inverse[order] = np.arange(len(x))
+        return order, inverse
+    _, rows, inverse = np.unique(x, axis=0, return_index=True, return_inverse=True)
+    return rows, inverse.reshape(-1)
+
+
+def _keep_nearest(best: tuple[np.ndarray, np.ndarray], rows: slice, sims: np.ndarray, first_col: int) -> None:
+    """Merge the columns of ``sims`` (global indices from ``first_col``) into the running
+    ``(similarities, indices)`` of ``rows``, keeping the ``best[0].shape[1]`` largest per row.
+
+    At the rows' first block (-inf placeholders only) its largest entries are selected; later
+    only entries above a row's current worst kept similarity can enter: a threshold pass, then
+    a selection over the kept entries and those few candidates.
+    """
+    kept, index = best[0][rows], best[1][rows]
+    width = kept.shape[1]
+    if np.isneginf(kept).all():
+        take = min(width, sims.shape[1])
+        cols = np.argpartition(sims, sims.shape[1] - take, axis=1)[:, -take:]
+        new_sims, new_index = np.take_along_axis(sims, cols, axis=1), cols + first_col
+    else:
+        r, c = np.nonzero(sims > kept.min(axis=1)[:, None])
+        if len(r) == 0:
+            return
+        counts = np.bincount(r, minlength=len(sims))
+        slot = np.arange(len(r)) - np.repeat(np.cumsum(counts) - counts, counts)  # rank of a candidate in its row
+        new_sims = np.full((len(sims), counts.max()), -np.inf)
+        new_index = np.zeros(new_sims.shape, dtype=np.int64)
+        new_sims[r, slot], new_index[r, slot] = sims[r, c], c + first_col
+    merged, merged_index = np.concatenate([kept, new_sims], axis=1), np.concatenate([index, new_index], axis=1)
+    top = np.argpartition(merged, merged.shape[1] - width, axis=1)[:, -width:]
+    best[0][rows], best[1][rows] = np.take_along_axis(merged, top, axis=1), np.take_along_axis(merged_index, top, axis=1)
+
+
+def _cosine_knn(unit: np.ndarray, rows: np.ndarray, k: int, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine kNN among the unit vectors ``unit[rows]``, self first at distance 0: ``(distances,
+    indices)`` of shape ``[len(rows), k + 1]``, row i and the indices referring to ``rows[i]``.
+
+    d_ij = 1 - u_i·u_j in float64, clipped at 0: what dadapy's ``compute_distances(metric="cosine")``
+    gets from sklearn's brute force, at half its products: every block (I, J >= I) of the Gram
+    matrix is computed once and serves the rows of I and of J. The k + 1 largest u_i·u_j are
+    kept per row (see :func:`_keep_nearest`); rows are sorted by distance, ties by index. The
+    vectors are read in their original order (no reordered copy when every row is distinct).
+    """
+    subset = np.sort(rows)
+    base = unit if len(subset) == len(unit) else unit[subset]
+    n, width = len(base), k + 1
+    best = (np.full((n, width), -np.inf), np.zeros((n, width), dtype=np.int64))
+    for a in range(0, n, block):
+        for b in range(a, n, block):
+            sims = base[a:a + block] @ base[b:b + block].T
+            if b == a:
+                np.fill_diagonal(sims, np.inf)  # the point itself comes first
+            _keep_nearest(best, slice(a, a + block), sims, b)
+            if b != a:
+                _keep_nearest(best, slice(b, b + block), sims.T, a)
+    position = np.empty(len(unit), dtype=np.intp)
+    position[rows] = np.arange(len(rows))
+    label = position[subset]  # row of base -> its place in rows
+    distances, indices = np.empty_like(best[0]), np.empty_like(best[1])
+    distances[label], indices[label] = 1.0 - best[0], label[best[1]]
+    order = np.lexsort((indices, distances), axis=1)
+    return np.maximum(np.take_along_axis(distances, order, axis=1), 0.0), np.take_along_axis(indices, order, axis=1)
+
+
+def _distinct_direction_distances(unit: np.ndarray, maxk: int, needed: int) -> tuple[np.ndarray, Any]:
     """Merge rows pointing the same way (cosine distance ~0) and compute cosine kNN on the rest.
 
-    Returns (distinct rows, index map input row -> distinct row, dadapy ``Data`` with
-    distances computed). Exact duplicates are merged first; rows equal only up to rounding
-    (e.g. rescaled copies) are found among the computed neighbours and merged, then the
-    distances are recomputed.
+    Returns (index map input row -> distinct row, dadapy ``Data`` holding the kNN distances of
+    :func:`_cosine_knn` between the distinct rows, in lexicographic order). Exact duplicates are
+    merged first; rows equal only up to rounding (e.g. rescaled copies) are found among the
+    computed neighbours and merged, then the distances are recomputed.
     """
-    distinct, inverse = np.unique(unit, axis=0, return_inverse=True)
-    inverse = inverse.reshape(-1)
+    distinct, inverse = _sorted_distinct(unit)
     while True:
         k = min(maxk, len(distinct) - 1)
         if k < needed:
@@ -152,14 +226,11 @@ def _distinct_direction_distances(unit: np.ndarray, maxk: int, needed: int) -> t
                 f"ADP needs more than {needed} distinct directions within maxk={maxk}; got {len(distinct)} "
                 f"distinct rows of {len(unit)}. Pass more vectors or smaller id_ranks / density_k."
             )
-        data = _dadapy().Data(coordinates=distinct, maxk=k, verbose=False)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="There are points with neighbours at 0 distance")
-            data.compute_distances(maxk=k, metric="cosine")
+        data = _dadapy().Data(distances=_cosine_knn(unit, distinct, k), maxk=k, verbose=False)
         twin = (data.distances <= _SAME_DIRECTION) & (data.dist_indices != np.arange(len(distinct))[:, None])
         rows, cols = np.nonzero(twin)
         if len(rows) == 0:
-            return distinct, inverse, data
+            return inverse, data
         graph = coo_matrix((np.ones(len(rows)), (rows, data.dist_indices[rows, cols])), shape=(len(distinct),) * 2)
         _, component = connected_components(graph, directed=False)
         _, first = np.unique(component, return_index=True)
@@ -206,7 +277,7 @@ def adp_clusters(
     if density_k < 1 or min_cluster_size < 1:
         raise ValueError(f"density_k and min_cluster_size must be >= 1, got {density_k} and {min_cluster_size}.")
     needed = max(n2, density_k)
-    _, inverse, data = _distinct_direction_distances(_unit_rows(x, "vectors"), maxk, needed)
+    inverse, data = _distinct_direction_distances(_unit_rows(x, "vectors"), maxk, needed)
     ids, _, ranks = data.return_id_scaling_gride(range_max=n2, return_ranks=True)
     intrinsic_dim = float(ids[list(ranks).index(n2)])
     if not math.isfinite(intrinsic_dim) or intrinsic_dim <= 0:

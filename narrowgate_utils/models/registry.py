@@ -131,7 +131,9 @@ def load(
     """Load a real checkpoint (hub id or local dir) or a toy-world model and wrap it in its adapter.
 
     ``attn_implementation='eager'`` is the default because post-softmax attention weights
-    (and the post-softmax knockout) need it. Only safetensors weights are loaded;
+    (chapter 02, the attention part of 07/08) need it; chapters that read only residual streams
+    (01, 03, 05) pass ``'sdpa'``, and the attention knockout runs on either (its kernel follows the
+    loaded implementation, see ``knockout_attention``). Only safetensors weights are loaded;
     ``trust_remote_code`` stays off unless the caller passes ``True``. ``device="auto"`` is
     short for ``device_map="auto"`` (accelerate shards the model over the visible GPUs, e.g. a
     34B model; the notebooks take it as ``-p device auto``).
