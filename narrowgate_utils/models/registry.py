@@ -66,7 +66,8 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-def _check_device(device: str) -> None:
+def check_device(device: str) -> None:
+    """Raise a ValueError for an unknown device or a CUDA device on a machine without one."""
     try:
         parsed = torch.device(device)
     except RuntimeError as error:
@@ -152,7 +153,7 @@ def load(
     if device == "auto" and device_map is None:
         device_map = "auto"
     if device_map is None:
-        _check_device(device)
+        check_device(device)
     if not isinstance(remote, (bool, str)) or remote == "":
         raise ValueError(f"remote must be False, True, 'local' or a host URL, got {remote!r}.")
     checkpoint = resolve_checkpoint(model_id)
