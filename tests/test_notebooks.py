@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 @pytest.fixture(scope="module")
 def toy_models() -> None:
     """Train (or reuse from the cache) the two known-answer models once, two at a time."""
-    from narrowgate_utils.toy.train import train_all
+    from narrowgate_utils.training import train_all
 
     train_all((GATED, DISTRIBUTED), device=None, force=False, workers=2)
 

@@ -58,7 +58,7 @@ def is_trained(name: str) -> bool:
 def ensure_toy_model(name: str, device: str | None = None) -> Path:
     """Directory of toy model ``name``, training it first if it is missing or stale."""
     if not is_trained(name):
-        from .train import train_toy_model
+        from ..training.toy_model import train_toy_model
 
         train_toy_model(name, device=device)
     return toy_model_dir(name)
