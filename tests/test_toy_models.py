@@ -80,6 +80,18 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     assert not any((toy_root() / ".work").iterdir()), "the checkpoints of a finished run are removed"
 
 
+def test_loading_never_trains():
+    from narrowgate_utils import models
+    from narrowgate_utils.experiments import text_to_image
+    from narrowgate_utils.toy.registry import toy_model_dir
+
+    with pytest.raises(ValueError, match="narrowgate toy train --only toy-gated"):
+        models.load("toy-gated")
+    assert not toy_model_dir("toy-gated").exists()
+    with pytest.raises(ValueError, match="narrowgate toy train --only toy-nonnative"):
+        text_to_image.toy_vision_tower()
+
+
 def test_short_run_lowers_loss_and_reload_reproduces_logits(tmp_path):
     from transformers import AutoTokenizer, ChameleonForConditionalGeneration
 

@@ -323,15 +323,11 @@ def train_attribute_classifier(train_images: Sequence, train_metas: Sequence[Map
 
 
 def toy_vision_tower() -> torch.nn.Module:
-    """The shared toy CLIP tower (trained once as an attribute classifier and cached by the toy pipeline)."""
-    from ..data.toy import toy_dataset
-    from ..training.components import get_vision_encoder
+    """The shared toy CLIP tower, trained with the non-native toy model (``narrowgate toy train``); never trains."""
+    from ..training.components import load_vision_encoder
     from ..training.recipes import TOY_RECIPES
 
-    recipe = TOY_RECIPES["toy-nonnative"]
-    train = toy_dataset("train", n=recipe.n_train, seed=recipe.seed)
-    tower, _ = get_vision_encoder(recipe, train, "cpu")
-    return tower
+    return load_vision_encoder(TOY_RECIPES["toy-nonnative"])
 
 
 def attribute_accuracy(predicted: Mapping[str, Sequence[str]], truth: Sequence[Mapping[str, str]]) -> dict[str, float]:

@@ -98,7 +98,8 @@ def attention_implementations(config: Any, attn_implementation: str) -> str | di
 
 
 def resolve_checkpoint(model_id: str | Path) -> str:
-    """Toy-world names become local dirs; local dirs stay; hub ids are checked against offline mode."""
+    """Toy-world names become their trained local dirs (an untrained one is an error); local dirs stay; hub ids
+    are checked against offline mode."""
     name = str(model_id)
     if name.startswith("toy-"):
         from ..toy.registry import ensure_toy_model

@@ -5,7 +5,7 @@ non-native model's pixel processor (:mod:`.image_processor`) and the word-level 
 
 Toy models are ordinary Hugging Face checkpoint directories (``toy_model_dir(name)``) that
 load with ``from_pretrained`` and the model adapters, exactly like real checkpoints. They are
-trained by :mod:`narrowgate_utils.training` (``narrowgate toy train``).
+trained by :mod:`narrowgate_utils.training` (``narrowgate toy train``), never on load.
 """
 from __future__ import annotations
 

@@ -6,7 +6,8 @@ Modules: :mod:`.recipes` (what determines a model), :mod:`.sequences` (training 
 :mod:`.planting` (planted routes), :mod:`.build` (architectures), :mod:`.components` (image
 codebook, vision tower), :mod:`.evaluation` (test metrics), :mod:`.toy_model` (one toy model),
 :mod:`.orchestration` (which models, how many processes), :mod:`.lora` (LoRA fine-tuning) and
-:mod:`.cli` (``narrowgate toy``).
+:mod:`.cli` (``narrowgate toy``). Loading a model never trains it: train toy models with
+``narrowgate toy train`` (or :func:`train_all`) first.
 
 The names below are imported from their modules on first use, so ``import
 narrowgate_utils.training`` (the command line does) stays cheap.
