@@ -10,7 +10,7 @@ import importlib
 from collections.abc import Sequence
 
 #: "module:function" of every command group's parser registration
-COMMAND_GROUPS = ("narrowgate_utils.toy.cli:add_toy_parser", "narrowgate_utils.runner:add_run_parser",
+COMMAND_GROUPS = ("narrowgate_utils.training.cli:add_toy_parser", "narrowgate_utils.runner:add_run_parser",
                   "narrowgate_utils.standin:add_standin_parser")
 
 

@@ -193,7 +193,7 @@ def workload(model: ModelShape, chapter: str) -> Workload:
         return Workload(chapter, "logits", batch, model.span(p["image_size"]) + TEXT_TOKENS["class"], 0, forwards,
                         batch * model.vocab * 4 * 6)
     if chapter == "06":  # two LoRA runs (masked, control) over both datasets, then the evaluation of chapter 04
-        from narrowgate_utils.finetune import FinetuneConfig
+        from narrowgate_utils.training.lora import FinetuneConfig
 
         config = FinetuneConfig.paper()
         micro_batches = 2 * math.ceil(2 * p["n_train"] / config.batch_size)  # forward + checkpoint recompute each
@@ -234,7 +234,7 @@ def gpu_budget(gpu_memory: int = GPU_MEMORY) -> int:
 
 def chapter_row(model: ModelShape, chapter: str, gpu_memory: int = GPU_MEMORY) -> dict[str, object]:
     """One table row: the chapter's peak per GPU, whether it fits, the largest batch that would."""
-    from narrowgate_utils.finetune import FinetuneConfig
+    from narrowgate_utils.training.lora import FinetuneConfig
 
     work = workload(model, chapter)
     rank = FinetuneConfig.paper().rank if work.kind == "train" else 1
@@ -321,7 +321,7 @@ def trainable(net):
 
 
 def train_step(net, seq: int, batch: int = 1) -> None:
-    """Loss and backward over random tokens as ``finetune.target_loss`` computes them: logits only
+    """Loss and backward over random tokens as ``training.lora.target_loss`` computes them: logits only
     for the last :data:`TARGET_TOKENS` + 1 positions, summed float32 cross-entropy."""
     import torch
 

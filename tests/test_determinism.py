@@ -17,7 +17,7 @@ import pytest
 
 TRAIN = """
 import sys
-from narrowgate_utils.toy.train import ToyRecipe, train_toy_model
+from narrowgate_utils.training import ToyRecipe, train_toy_model
 recipe = ToyRecipe("toy-determinism", "chameleon", hidden_size=32, layers=2, heads=2, steps=12, batch_size=8,
                    warmup_steps=2, n_train=300, n_eval=20, codebook_size=32, tie_embeddings=True)
 train_toy_model("toy-native", device="cpu", recipe=recipe, output_dir=sys.argv[1], evaluate_model=False)

@@ -15,10 +15,10 @@ from dataset_fixtures import LLAVA_CONVERSATIONS, write_llava_instruct, write_vq
 from narrowgate_utils.datasets import load_samples, load_training_mix
 from narrowgate_utils.experiments import attention, knockout
 from narrowgate_utils.experiments import masked_finetune as mft
-from narrowgate_utils.experiments.common import CLASS_PROMPTS
-from narrowgate_utils.finetune import (ADAPTER_FILES, CHECKPOINT_DIR, TRAINING_LOG, FinetuneConfig,
-                                       build_training_examples, collate, eoi_mask, finetune_lora, finetuned,
-                                       load_finetuned, lora_config, lora_parameter_names, target_loss)
+from narrowgate_utils.models.base import CLASS_PROMPTS
+from narrowgate_utils.training.lora import (ADAPTER_FILES, CHECKPOINT_DIR, TRAINING_LOG, FinetuneConfig,
+                                            build_training_examples, collate, eoi_mask, finetune_lora, finetuned,
+                                            load_finetuned, lora_config, lora_parameter_names, target_loss)
 from narrowgate_utils.tiny import build_tiny
 
 torch.set_num_threads(1)

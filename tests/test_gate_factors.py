@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from narrowgate_utils import training
 from narrowgate_utils.experiments import gate_factors as gf
 
 
@@ -28,13 +29,13 @@ def test_gate_score_undefined_when_nothing_hurts():
 
 def test_variants_and_recipes():
     with pytest.raises(ValueError, match="no image tokens to predict"):
-        gf.GateVariant.parse("continuous-all-scratch")
+        training.GateVariant.parse("continuous-all-scratch")
     with pytest.raises(ValueError, match="tokenizer"):
-        gf.GateVariant.parse("clip-text-scratch")
-    size = gf.GateSize(steps=7, pretrain_steps=3)
-    all_tokens = gf.variant_recipe("vq-all-scratch", 1, size)
-    text_only = gf.variant_recipe("vq-text-text", 1, size)
-    continuous = gf.variant_recipe("continuous-text-scratch", 2, size)
+        training.GateVariant.parse("clip-text-scratch")
+    size = training.GateSize(steps=7, pretrain_steps=3)
+    all_tokens = training.variant_recipe("vq-all-scratch", 1, size)
+    text_only = training.variant_recipe("vq-text-text", 1, size)
+    continuous = training.variant_recipe("continuous-text-scratch", 2, size)
     assert (all_tokens.family, all_tokens.image_loss, all_tokens.pretrain_steps) == ("chameleon", None, 0)
     assert "t2i" in dict(all_tokens.tasks)
     assert (text_only.family, text_only.image_loss, text_only.pretrain_steps) == ("chameleon", False, 3)
@@ -46,7 +47,7 @@ def test_variants_and_recipes():
 def test_added_recipe_fields_keep_old_fingerprints():
     """Fields added after the first release (image_loss, tie_embeddings) leave the hash of a recipe
     that does not set them unchanged, so cached models (e.g. chapter 07's) stay valid."""
-    from narrowgate_utils.toy.train import TOY_RECIPES, ToyRecipe
+    from narrowgate_utils.training import TOY_RECIPES, ToyRecipe
 
     assert TOY_RECIPES["toy-nonnative"].fingerprint() == "0c8598d6fcd63734"
     untied_native = ToyRecipe("toy-native", "chameleon")
@@ -57,18 +58,14 @@ def test_added_recipe_fields_keep_old_fingerprints():
 def test_text_only_objective_masks_the_image_span():
     from narrowgate_utils.data.toy import toy_dataset
     from narrowgate_utils.toy.image_tokenizer import code_to_bpe_table
-    from narrowgate_utils.toy.train import (
-        SOI_TOKEN,
-        ToyTextData,
-        chameleon_batch,
-        toy_tokenizer,
-    )
+    from narrowgate_utils.toy.text_tokenizer import SOI_TOKEN, toy_tokenizer
+    from narrowgate_utils.training.sequences import ToyTextData, chameleon_batch
 
     tokenizer = toy_tokenizer("chameleon", 8)
     vocab = tokenizer.get_vocab()
     data = ToyTextData(toy_dataset("train", n=6, seed=0), tokenizer)
     codes = code_to_bpe_table(vocab, 8)[torch.randint(0, 8, (6, 16), generator=torch.Generator().manual_seed(0))]
-    recipe = gf.variant_recipe("vq-text-scratch", 0, gf.GateSize(batch_size=4))
+    recipe = training.variant_recipe("vq-text-scratch", 0, training.GateSize(batch_size=4))
     batch = chameleon_batch(recipe, data, codes, vocab, step=0)
     soi = (batch.input_ids == vocab[SOI_TOKEN]).float().argmax(1)
     for row, start in enumerate(soi.tolist()):
@@ -79,14 +76,18 @@ def test_text_only_objective_masks_the_image_span():
 def test_tiny_variant_end_to_end(tmp_path):
     """Train one tiny native model for a few steps (text-pretrained, text objective) and measure it."""
     from narrowgate_utils.datasets import dataset_classes, load_samples
-    from narrowgate_utils.toy.train import _component_dir
+    from narrowgate_utils.training.components import component_dir
 
-    size = gf.GateSize(hidden_size=16, layers=2, heads=2, steps=3, pretrain_steps=2, batch_size=4)
-    if not (_component_dir("image_tokenizer", gf.variant_recipe("vq-text-text", 0, size)) / "metrics.json").exists():
+    size = training.GateSize(hidden_size=16, layers=2, heads=2, steps=3, pretrain_steps=2, batch_size=4)
+    if not (component_dir("image_tokenizer", training.variant_recipe("vq-text-text", 0, size)) / "metrics.json").exists():
         pytest.skip("the seed-0 toy image tokenizer is not cached (it is built by training the toy models)")
     torch.set_num_threads(1)
     samples = load_samples("toy", n=12, seed=0)
     kwargs = {"size": size, "k": 3, "batch_size": 12}
+    with pytest.raises(ValueError, match="train_variants"):  # measuring never trains
+        gf.gate_factor_table(["vq-text-text"], [0], tmp_path, samples, "This shape is a", dataset_classes("toy"),
+                             **kwargs)
+    training.train_variants(["vq-text-text"], [0], tmp_path, size)
     table = gf.gate_factor_table(["vq-text-text"], [0], tmp_path, samples, "This shape is a",
                                  dataset_classes("toy"), **kwargs)
     row = table.iloc[0]
@@ -96,6 +97,7 @@ def test_tiny_variant_end_to_end(tmp_path):
     assert np.isnan(row.gate_score) or 0.0 <= row.gate_score <= 1.0
     weights = tmp_path / "vq-text-text-s0" / "model.safetensors"
     stamp = weights.stat().st_mtime_ns
+    training.train_variants(["vq-text-text"], [0], tmp_path, size)
     again = gf.gate_factor_table(["vq-text-text"], [0], tmp_path, samples, "This shape is a",
                                  dataset_classes("toy"), **kwargs)
     assert weights.stat().st_mtime_ns == stamp, "a cached model with the same recipe must not be retrained"

@@ -23,10 +23,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 @pytest.fixture(scope="module")
 def toy_models() -> None:
-    """Train (or reuse from the cache) the two known-answer models once, two at a time."""
-    from narrowgate_utils.toy.train import train_all
+    """Train (or reuse from the cache) the two known-answer models once, two at a time, and the
+    vision tower chapter 08's image classifier reads (loading a model never trains it)."""
+    from narrowgate_utils.training import prepare_components, train_all
 
     train_all((GATED, DISTRIBUTED), device=None, force=False, workers=2)
+    prepare_components(("toy-nonnative",))
 
 
 def run_notebook(name: str, tmp_path: Path, **parameters) -> Path:

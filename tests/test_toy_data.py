@@ -19,14 +19,9 @@ from narrowgate_utils.data.toy import (
     scene_split,
     toy_scenes,
 )
-from narrowgate_utils.toy.image_tokenizer import (
-    PatchCodebook,
-    code_to_bpe_table,
-    code_token_name,
-    encode_image_tokens,
-    train_image_tokenizer,
-)
-from narrowgate_utils.toy.train import toy_tokenizer
+from narrowgate_utils.toy.image_tokenizer import PatchCodebook, code_to_bpe_table, code_token_name, encode_image_tokens
+from narrowgate_utils.toy.text_tokenizer import toy_tokenizer
+from narrowgate_utils.training.components import train_image_tokenizer
 
 
 def _pixels(sample: Sample) -> np.ndarray:

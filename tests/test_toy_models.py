@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from narrowgate_utils.data import VQA_PROMPT, toy_dataset
 from narrowgate_utils.toy.image_tokenizer import encode_image_tokens
 from narrowgate_utils.toy.registry import TOY_METADATA
-from narrowgate_utils.toy.train import TOY_RECIPES, ToyRecipe, train_toy_model
+from narrowgate_utils.training import TOY_RECIPES, ToyRecipe, train_toy_model
 
 TINY = dict(hidden_size=32, layers=2, heads=2, batch_size=16, n_train=300, n_eval=16, codebook_size=32,
             vision_steps=5, checkpoint_every=1000, lr=3e-3)
@@ -53,6 +53,43 @@ def test_same_seed_same_weights(tmp_path):
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a if k in c)
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    """A run killed mid-phase restarts from its last checkpoint and ends with the same bytes."""
+    import narrowgate_utils.training.toy_model as toy_model
+    from narrowgate_utils.toy.registry import toy_root
+
+    kwargs = {"steps": 10, "pretrain_steps": 3, "checkpoint_every": 4}
+    straight = _train(tmp_path / "straight", "toy-native", "chameleon", **kwargs) / "model.safetensors"
+    real = toy_model.chameleon_batch
+
+    def interrupted(recipe, data, codes, vocab, step):
+        if step == 6:
+            raise KeyboardInterrupt("killed")
+        return real(recipe, data, codes, vocab, step)
+
+    monkeypatch.setattr(toy_model, "chameleon_batch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _train(tmp_path / "resumed", "toy-native", "chameleon", **kwargs)
+    saved = sorted(p.parent.name for p in (toy_root() / ".work").rglob("state.pt"))
+    assert saved == ["step-0000003", "step-0000004"]  # the finished text phase and main step 4
+    monkeypatch.setattr(toy_model, "chameleon_batch", real)
+    resumed = _train(tmp_path / "resumed", "toy-native", "chameleon", **kwargs) / "model.safetensors"
+    assert resumed.read_bytes() == straight.read_bytes()
+    assert not any((toy_root() / ".work").iterdir()), "the checkpoints of a finished run are removed"
+
+
+def test_loading_never_trains():
+    from narrowgate_utils import models
+    from narrowgate_utils.experiments import text_to_image
+    from narrowgate_utils.toy.registry import toy_model_dir
+
+    with pytest.raises(ValueError, match="narrowgate toy train --only toy-gated"):
+        models.load("toy-gated")
+    assert not toy_model_dir("toy-gated").exists()
+    with pytest.raises(ValueError, match="narrowgate toy train --only toy-nonnative"):
+        text_to_image.toy_vision_tower()
 
 
 def test_short_run_lowers_loss_and_reload_reproduces_logits(tmp_path):

@@ -20,9 +20,9 @@ import pandas as pd
 
 from ..data.sample import Sample
 from ..metrics import aggregate_attention_shares, span_token_names
-from ..models.base import Adapter
+from ..models.base import Adapter, model_fingerprint
 from ..tracing import cross_modal_attention_profile
-from .common import batched, model_fingerprint
+from .common import batched
 
 
 class NamedSums:

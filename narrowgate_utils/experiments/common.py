@@ -11,6 +11,7 @@ import torch
 
 from ..console import progress_bar
 from ..models import base
+from ..models.base import model_fingerprint
 
 if TYPE_CHECKING:
     from ..models.base import Adapter
@@ -73,21 +74,6 @@ def output_folder(output_dir: str | Path, notebook: str) -> Path:
 def display_name(model_id: str) -> str:
     """Short model name for legends (last path component)."""
     return Path(str(model_id)).name or str(model_id)
-
-
-def model_fingerprint(adapter: "Adapter") -> dict[str, object]:
-    """What identifies the weights behind an adapter, for cache keys.
-
-    Local checkpoints (toy models included) are identified by their config and the size and
-    modification time of every safetensors file, so retraining a toy model invalidates the cache.
-    """
-    fingerprint: dict[str, object] = {"model_id": adapter.model_id, "family": adapter.family,
-                                      "dtype": str(adapter.model.dtype)}
-    if adapter.checkpoint_dir is not None:
-        directory = Path(adapter.checkpoint_dir)
-        fingerprint["config"] = (directory / "config.json").read_text() if (directory / "config.json").exists() else ""
-        fingerprint["weights"] = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(directory.glob("*.safetensors"))]
-    return fingerprint
 
 
 def chunks(items: Sequence[T], batch_size: int) -> list[Sequence[T]]:

@@ -25,13 +25,17 @@ Gate score of one model (knockout of all layers, text queries, post-softmax; Sec
 1 when only [EOI] matters (a narrow gate), 0 when only the other image tokens matter
 (distributed), undefined when neither knockout hurts. ``acc`` is greedy class accuracy
 ("This shape is a" → "<colour> <shape>"); the same score on χ^{out,gt} is reported too.
+
+The variants' recipes and their training live in :mod:`narrowgate_utils.training`
+(:func:`~narrowgate_utils.training.recipes.variant_recipe`,
+:func:`~narrowgate_utils.training.orchestration.train_variants`); this module measures the
+trained models.
 """
 from __future__ import annotations
 
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -42,102 +46,19 @@ import torch
 from ..data.sample import Sample
 from ..metrics import neighborhood_overlap
 from ..models.base import Adapter
+from ..parallel import spawn_map
+from ..toy.registry import TOY_METADATA
 from ..tracing import collect_residual
+from ..training.orchestration import trained_variant
+from ..training.recipes import GateSize, GateVariant
 from .attention import mean_attention_profile
 from .common import batched
 from .knockout import evaluate_tasks
 
-TOKENIZERS = ("vq", "continuous")
-OBJECTIVES = ("all", "text")
-INITS = ("scratch", "text")
-#: the native recipe's task mixture; the text-objective variants drop "t2i" (same relative weights)
-_ALL_TASKS = (("vqa", 0.4), ("yesno", 0.25), ("class", 0.1), ("caption", 0.1), ("t2i", 0.15))
-_TEXT_TASKS = tuple(t for t in _ALL_TASKS if t[0] != "t2i")
 #: the three knockouts a gate score needs
 GATE_ABLATIONS = ("none", "eoi", "img_to_text")
 #: the planted known-answer toy models and the gate score they should get
 CALIBRATION_MODELS = {"toy-gated": 1.0, "toy-distributed": 0.0}
-
-
-@dataclass(frozen=True)
-class GateVariant:
-    """One cell of the factorial design."""
-
-    tokenizer: str
-    objective: str
-    init: str
-
-    def __post_init__(self) -> None:
-        for value, allowed, what in ((self.tokenizer, TOKENIZERS, "tokenizer"), (self.objective, OBJECTIVES, "objective"),
-                                     (self.init, INITS, "init")):
-            if value not in allowed:
-                raise ValueError(f"GateVariant: {what} must be one of {allowed}, got {value!r}.")
-        if self.tokenizer == "continuous" and self.objective == "all":
-            raise ValueError("GateVariant continuous-all does not exist: a continuous encoder has no image tokens to "
-                             "predict; use objective='text' or tokenizer='vq'.")
-
-    @property
-    def name(self) -> str:
-        return f"{self.tokenizer}-{self.objective}-{self.init}"
-
-    @classmethod
-    def parse(cls, name: str) -> GateVariant:
-        parts = name.split("-")
-        if len(parts) != 3:
-            raise ValueError(f"Variant name {name!r} must read '<tokenizer>-<objective>-<init>', e.g. 'vq-all-scratch'.")
-        return cls(*parts)
-
-
-#: every feasible cell (the continuous-all cell is empty, see the module docstring)
-DEFAULT_VARIANTS = ("vq-all-scratch", "vq-text-scratch", "continuous-text-scratch",
-                    "vq-all-text", "vq-text-text", "continuous-text-text")
-
-
-@dataclass(frozen=True)
-class GateSize:
-    """Size and schedule shared by every variant (small enough for CPU minutes)."""
-
-    hidden_size: int = 64
-    layers: int = 4
-    heads: int = 4
-    steps: int = 500
-    pretrain_steps: int = 150
-    batch_size: int = 32
-    lr: float = 3e-3
-
-
-def variant_recipe(variant: GateVariant | str, seed: int, size: GateSize = GateSize()):
-    """The :class:`~narrowgate_utils.toy.train.ToyRecipe` of one variant and seed."""
-    from ..toy.train import ToyRecipe
-
-    variant = GateVariant.parse(variant) if isinstance(variant, str) else variant
-    common = {"hidden_size": size.hidden_size, "layers": size.layers, "heads": size.heads, "steps": size.steps,
-              "batch_size": size.batch_size, "lr": size.lr, "seed": seed,
-              "pretrain_steps": size.pretrain_steps if variant.init == "text" else 0}
-    name = f"gate-{variant.name}-s{seed}"
-    if variant.tokenizer == "continuous":
-        return ToyRecipe(name, "llava", tasks=_TEXT_TASKS, **common)
-    if variant.objective == "all":
-        return ToyRecipe(name, "chameleon", tasks=_ALL_TASKS, **common)
-    return ToyRecipe(name, "chameleon", tasks=_TEXT_TASKS, image_loss=False, **common)
-
-
-def variant_dir(cache_root: str | Path, variant: str, seed: int) -> Path:
-    return Path(cache_root) / f"{variant}-s{seed}"
-
-
-def train_variant(variant: str, seed: int, cache_root: str | Path, size: GateSize = GateSize(),
-                  device: str = "cpu") -> Path:
-    """Train (or reuse, when the saved recipe fingerprint matches) one variant/seed model."""
-    from ..toy.registry import TOY_METADATA
-    from ..toy.train import train_toy_model
-
-    recipe = variant_recipe(variant, seed, size)
-    target = variant_dir(cache_root, variant, seed)
-    meta = target / TOY_METADATA
-    if meta.exists() and json.loads(meta.read_text()).get("fingerprint") == recipe.fingerprint():
-        return target
-    return train_toy_model(recipe.name, device=device, recipe=recipe, output_dir=target, evaluate_model=False)
 
 
 def gate_score(drop_eoi: float, drop_img: float, tol: float = 1e-9) -> float:
@@ -189,11 +110,10 @@ def measure_model(model_id: str | Path, samples: Sequence[Sample], class_prompt:
     return gate_measurements(load(str(model_id)), samples, class_prompt, class_names, k, batch_size, seed)
 
 
-def _variant_row(variant: str, seed: int, cache_root: str, size: GateSize, samples: Sequence[Sample],
-                 class_prompt: str, class_names: Sequence[str], k: int, batch_size: int) -> dict:
+def _variant_row(variant: str, seed: int, directory: str, samples: Sequence[Sample], class_prompt: str,
+                 class_names: Sequence[str], k: int, batch_size: int) -> dict:
     start = time.perf_counter()
-    directory = train_variant(variant, seed, cache_root, size)
-    meta = json.loads((directory / "narrowgate_toy.json").read_text())
+    meta = json.loads((Path(directory) / TOY_METADATA).read_text())
     v = GateVariant.parse(variant)
     row = {"model": f"{variant}-s{seed}", "variant": variant, "tokenizer": v.tokenizer, "objective": v.objective,
            "init": v.init, "seed": seed, "train_seconds": meta["train_seconds"]}
@@ -202,31 +122,23 @@ def _variant_row(variant: str, seed: int, cache_root: str, size: GateSize, sampl
     return row
 
 
-def _worker(args: tuple) -> dict:
-    torch.set_num_threads(1)
-    return _variant_row(*args)
-
-
 def gate_factor_table(variants: Sequence[str], seeds: Sequence[int], cache_root: str | Path,
                       samples: Sequence[Sample], class_prompt: str, class_names: Sequence[str],
                       size: GateSize = GateSize(), k: int = 30, batch_size: int = 32, workers: int = 1) -> pd.DataFrame:
-    """One row per (variant, seed): train if needed, then :func:`gate_measurements`.
-
-    With ``workers > 1`` models train and are measured in parallel CPU processes (one thread each).
-    """
-    for variant in variants:
-        GateVariant.parse(variant)
-    jobs = [(v, int(s), str(cache_root), size, list(samples), class_prompt, list(class_names), k, batch_size)
-            for s in seeds for v in variants]
-    if workers <= 1:
-        rows = [_variant_row(*job) for job in jobs]
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            rows = list(pool.map(_worker, jobs))
-    return pd.DataFrame(rows)
+    """One row per (variant, seed): :func:`gate_measurements` of the model trained by
+    :func:`narrowgate_utils.training.train_variants` (same ``cache_root`` and ``size``); a missing
+    or stale model is an error. With ``workers > 1`` the models are measured in parallel CPU
+    processes (one thread each)."""
+    jobs = []
+    for seed in seeds:
+        for variant in variants:
+            directory = trained_variant(variant, int(seed), cache_root, size)
+            if directory is None:
+                raise ValueError(f"Factorial model {variant}-s{seed} with this size is not trained in {cache_root}: "
+                                 "train it first with narrowgate_utils.training.train_variants(...).")
+            jobs.append((variant, int(seed), str(directory), list(samples), class_prompt, list(class_names), k,
+                         batch_size))
+    return pd.DataFrame(spawn_map(_variant_row, jobs, workers))
 
 
 def calibration_table(samples: Sequence[Sample], class_prompt: str, class_names: Sequence[str], k: int = 30,

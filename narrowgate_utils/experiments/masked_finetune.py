@@ -18,13 +18,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..data.sample import Sample
-from ..finetune import FinetuneConfig, finetune_lora, finetuned, read_training_log
 from ..cache import key_hash
+from ..data.sample import Sample
 from ..interventions import KNOCKOUT_MODES
-from ..models.base import Adapter
+from ..models.base import Adapter, model_fingerprint
+from ..training.lora import FinetuneConfig, finetune_lora, finetuned, read_training_log
 from . import attention, knockout, overlap
-from .common import model_fingerprint
 
 VARIANTS = ("before", "masked", "control")
 #: (variant, adapter) pairs: a dict, or the lazy :func:`variants` (one fine-tuned model at a time)

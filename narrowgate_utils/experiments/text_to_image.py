@@ -285,7 +285,7 @@ class ImageAttributeClassifier:
     @torch.no_grad()
     def features(self, images: np.ndarray | Sequence, batch_size: int = 256) -> np.ndarray:
         """Mean last-layer patch token [n, d] of RGB images (uint8 arrays, PIL, or floats in [0, 1])."""
-        from ..toy.vision_encoder import toy_image_processor
+        from ..toy.image_processor import toy_image_processor
 
         processor = toy_image_processor()
         if isinstance(images, np.ndarray) and images.dtype != np.uint8:
@@ -323,14 +323,11 @@ def train_attribute_classifier(train_images: Sequence, train_metas: Sequence[Map
 
 
 def toy_vision_tower() -> torch.nn.Module:
-    """The shared toy CLIP tower (trained once as an attribute classifier and cached by the toy pipeline)."""
-    from ..data.toy import toy_dataset
-    from ..toy.train import TOY_RECIPES, get_vision_encoder
+    """The shared toy CLIP tower, trained with the non-native toy model (``narrowgate toy train``); never trains."""
+    from ..training.components import load_vision_encoder
+    from ..training.recipes import TOY_RECIPES
 
-    recipe = TOY_RECIPES["toy-nonnative"]
-    train = toy_dataset("train", n=recipe.n_train, seed=recipe.seed)
-    tower, _ = get_vision_encoder(recipe, train, "cpu")
-    return tower
+    return load_vision_encoder(TOY_RECIPES["toy-nonnative"])
 
 
 def attribute_accuracy(predicted: Mapping[str, Sequence[str]], truth: Sequence[Mapping[str, str]]) -> dict[str, float]:

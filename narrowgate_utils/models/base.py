@@ -387,6 +387,21 @@ class Adapter(ABC):
         return [text.strip() for text in self.decode(output[:, inputs["input_ids"].shape[1]:])]
 
 
+def model_fingerprint(adapter: Adapter) -> dict[str, object]:
+    """What identifies the weights behind an adapter, for cache keys.
+
+    Local checkpoints (toy models included) are identified by their config and the size and
+    modification time of every safetensors file, so retraining a toy model invalidates the cache.
+    """
+    fingerprint: dict[str, object] = {"model_id": adapter.model_id, "family": adapter.family,
+                                      "dtype": str(adapter.model.dtype)}
+    if adapter.checkpoint_dir is not None:
+        directory = Path(adapter.checkpoint_dir)
+        fingerprint["config"] = (directory / "config.json").read_text() if (directory / "config.json").exists() else ""
+        fingerprint["weights"] = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(directory.glob("*.safetensors"))]
+    return fingerprint
+
+
 def layout_from_ids(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,

@@ -66,7 +66,8 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-def _check_device(device: str) -> None:
+def check_device(device: str) -> None:
+    """Raise a ValueError for an unknown device or a CUDA device on a machine without one."""
     try:
         parsed = torch.device(device)
     except RuntimeError as error:
@@ -97,7 +98,8 @@ def attention_implementations(config: Any, attn_implementation: str) -> str | di
 
 
 def resolve_checkpoint(model_id: str | Path) -> str:
-    """Toy-world names become local dirs; local dirs stay; hub ids are checked against offline mode."""
+    """Toy-world names become their trained local dirs (an untrained one is an error); local dirs stay; hub ids
+    are checked against offline mode."""
     name = str(model_id)
     if name.startswith("toy-"):
         from ..toy.registry import ensure_toy_model
@@ -154,7 +156,7 @@ def load(
     if device == "auto" and device_map is None:
         device_map = "auto"
     if device_map is None:
-        _check_device(device)
+        check_device(device)
     if not isinstance(remote, (bool, str)) or remote == "":
         raise ValueError(f"remote must be False, True, 'local' or a host URL, got {remote!r}.")
     checkpoint = resolve_checkpoint(model_id)

@@ -10,8 +10,6 @@ own ``vocabulary_map`` (``IMGIMG…Z`` names), exactly as
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -20,6 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
+
+from ..atomic import atomic_path, write_json
 
 IMAGE_TOKENIZER_WEIGHTS = "image_tokenizer.safetensors"
 IMAGE_TOKENIZER_CONFIG = "image_tokenizer.json"
@@ -116,16 +116,13 @@ class PatchCodebook:
     def save(self, directory: str | Path) -> None:
         """Write ``image_tokenizer.safetensors`` + ``image_tokenizer.json`` into ``directory`` (atomically)."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         meta = {"image_size": self.image_size, "patch_size": self.patch_size, "n_embeddings": self.n_embeddings,
                 "kind": "kmeans_patch_codebook"}
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-        os.close(fd)
         # no safetensors metadata: it is written in hash-map order, so the file bytes (and the
         # weights' SHA-256) would change from run to run; the settings live in the JSON file
-        save_file({"codebook": self.codebook}, tmp)
-        os.replace(tmp, directory / IMAGE_TOKENIZER_WEIGHTS)
-        _write_json(directory / IMAGE_TOKENIZER_CONFIG, meta)
+        with atomic_path(directory / IMAGE_TOKENIZER_WEIGHTS) as tmp:
+            save_file({"codebook": self.codebook}, tmp)
+        write_json(meta, directory / IMAGE_TOKENIZER_CONFIG)
 
     @classmethod
     def load(cls, directory: str | Path) -> "PatchCodebook":
@@ -134,57 +131,9 @@ class PatchCodebook:
         weights, config = directory / IMAGE_TOKENIZER_WEIGHTS, directory / IMAGE_TOKENIZER_CONFIG
         if not weights.exists() or not config.exists():
             raise ValueError(f"{directory} has no {IMAGE_TOKENIZER_WEIGHTS}/{IMAGE_TOKENIZER_CONFIG}; "
-                             "train one with train_image_tokenizer(...).save(dir).")
+                             "fit one with narrowgate_utils.training.components.train_image_tokenizer(...).save(dir).")
         meta = json.loads(config.read_text())
         return cls(load_file(weights)["codebook"], int(meta["image_size"]), int(meta["patch_size"]))
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, indent=2)
-    os.replace(tmp, path)
-
-
-def train_image_tokenizer(
-    images: Sequence[Image.Image | np.ndarray] | np.ndarray,
-    n_embeddings: int = 512,
-    image_size: int = 32,
-    patch_size: int = 8,
-    iterations: int = 20,
-    seed: int = 0,
-) -> PatchCodebook:
-    """Fit a k-means patch codebook (k-means++ seeding on a subsample, then Lloyd iterations).
-
-    Empty clusters are re-seeded with the patches that are worst reconstructed, so every
-    code is used. Deterministic for a given ``seed`` and image list.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    book = PatchCodebook(torch.zeros(1, patch_size * patch_size * 3), image_size, patch_size)
-    x = book.patches(images).reshape(-1, patch_size * patch_size * 3)
-    if x.shape[0] < n_embeddings:
-        raise ValueError(f"k-means needs at least {n_embeddings} patches, got {x.shape[0]}; pass more images.")
-    sub = x[torch.randperm(x.shape[0], generator=generator)[: min(x.shape[0], 20 * n_embeddings)]]
-    centers = [sub[torch.randint(len(sub), (1,), generator=generator)].squeeze(0)]
-    dist = ((sub - centers[0]) ** 2).sum(1)
-    for _ in range(1, n_embeddings):
-        probs = dist / dist.sum() if float(dist.sum()) > 0 else torch.full_like(dist, 1 / len(dist))
-        nxt = sub[torch.multinomial(probs, 1, generator=generator)].squeeze(0)
-        centers.append(nxt)
-        dist = torch.minimum(dist, ((sub - nxt) ** 2).sum(1))
-    book.codebook = torch.stack(centers)
-    for _ in range(iterations):
-        assign = book.quantize(x)
-        sums = torch.zeros_like(book.codebook).index_add_(0, assign, x)
-        counts = torch.bincount(assign, minlength=n_embeddings).float()
-        empty = counts == 0
-        new = sums / counts.clamp(min=1)[:, None]
-        if bool(empty.any()):
-            err = ((x - book.codebook[assign]) ** 2).sum(1)
-            worst = err.topk(int(empty.sum())).indices
-            new[empty] = x[worst]
-        book.codebook = new
-    return book
 
 
 @lru_cache(maxsize=8)

@@ -1,4 +1,4 @@
-"""Toy-model names → cache directories, training on demand, and the summary table.
+"""Toy-model names → cache directories, the trained-or-not check, and the summary tables.
 
 Cache: ``$NARROWGATE_CACHE`` or ``<repo>/.cache/narrowgate``; toy models live in
 ``<cache>/toy/<name>/`` as ordinary Hugging Face checkpoint directories plus
@@ -55,12 +55,12 @@ def is_trained(name: str) -> bool:
     return read_toy_metadata(name) is not None
 
 
-def ensure_toy_model(name: str, device: str | None = None) -> Path:
-    """Directory of toy model ``name``, training it first if it is missing or stale."""
+def ensure_toy_model(name: str) -> Path:
+    """Directory of the trained toy model ``name``; a missing or stale one is an error (loading never trains)."""
     if not is_trained(name):
-        from .train import train_toy_model
-
-        train_toy_model(name, device=device)
+        raise ValueError(f"Toy model {name!r} is not trained (or was trained for another TOY_VERSION) in "
+                         f"{toy_model_dir(name)}: train it first with `narrowgate toy train --only {name}` "
+                         "(or `make toy` for all of them).")
     return toy_model_dir(name)
 
 

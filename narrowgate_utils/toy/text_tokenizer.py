@@ -1,4 +1,4 @@
-"""Word-level text tokenizer of the toy world (``tokenizers`` WordLevel + ``PreTrainedTokenizerFast``).
+"""Word-level text tokenizers of the toy world (``tokenizers`` WordLevel + ``PreTrainedTokenizerFast``).
 
 Words are ``\\w+`` runs and punctuation runs (the ``Whitespace`` pre-tokenizer); every
 sequence starts with ``<s>``. Special tokens are matched before word splitting, so a prompt
@@ -14,9 +14,13 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
 from ..data.toy import toy_vocabulary_words
+from .image_tokenizer import code_token_name
 
 UNK, BOS, EOS, PAD = "<unk>", "<s>", "</s>", "<pad>"
 BASE_SPECIALS = (UNK, BOS, EOS, PAD)
+#: image markers of the toy families (Chameleon's start/end of image and placeholder; LLaVA's added [EOI])
+SOI_TOKEN, EOI_TOKEN, IMAGE_TOKEN = "<racm3:break>", "<eoss>", "<image>"
+LLAVA_EOI_TOKEN = "<eoi>"
 
 
 def build_text_tokenizer(
@@ -49,3 +53,13 @@ def build_text_tokenizer(
         pad_token=PAD,
         extra_special_tokens=list(extra_special_tokens),
     )
+
+
+def toy_tokenizer(family: str, n_codebook: int = 0) -> PreTrainedTokenizerFast:
+    """The toy text tokenizer of a family (Chameleon: image-code names as plain vocabulary)."""
+    if family == "chameleon":
+        return build_text_tokenizer([IMAGE_TOKEN, SOI_TOKEN, EOI_TOKEN],
+                                    plain_tokens=[code_token_name(i) for i in range(n_codebook)])
+    if family == "llava":
+        return build_text_tokenizer([IMAGE_TOKEN, LLAVA_EOI_TOKEN])
+    raise ValueError(f"Unknown toy family {family!r}; use 'chameleon' or 'llava'.")

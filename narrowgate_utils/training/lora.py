@@ -27,12 +27,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import random
 import re
 import shutil
 import tempfile
-import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -45,13 +42,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .atomic import atomic_path
-from .console import progress_bar
-from .data.sample import Sample
-from .experiments.common import CLASS_PROMPTS, model_fingerprint
-from .interventions import knockout_attention
-from .layout import Batch
-from .models.base import Adapter
+from ..atomic import atomic_path, write_json
+from ..data.sample import Sample
+from ..interventions import knockout_attention
+from ..layout import Batch
+from ..models.base import CLASS_PROMPTS, Adapter, model_fingerprint
+from .checkpoint import Checkpoint
+from .loop import run_loop
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -357,82 +354,29 @@ def _fingerprint(adapter: Adapter, examples: Sequence[TrainingExample], config: 
             "config": settings}
 
 
-# ------------------------------------------------------------------------ checkpoints
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _latest_checkpoint(output_dir: Path) -> Path | None:
-    steps = sorted((output_dir / CHECKPOINT_DIR).glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-    return steps[-1] if steps else None
-
-
-def _save_checkpoint(output_dir: Path, model, optimizer, scheduler, step: int, curve: list, elapsed: float,
-                     fingerprint: dict[str, Any]) -> None:
-    """Write ``checkpoint/step-N`` atomically (temp dir + rename), then drop everything else there."""
+# ------------------------------------------------------------------------------ outputs
+def _lora_state(model: PeftModel) -> dict[str, torch.Tensor]:
+    """The LoRA weights of ``model`` (what a checkpoint saves)."""
     from peft import get_peft_model_state_dict
-    from safetensors.torch import save_file
 
-    root = output_dir / CHECKPOINT_DIR
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".step-", dir=root))
-    try:
-        lora = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
-        save_file(lora, tmp / "adapter_model.safetensors")
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()},
-                   tmp / "trainer_state.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": step, "curve": curve, "elapsed": elapsed,
-                                                    "fingerprint": fingerprint}))
-        os.rename(tmp, root / f"step-{step:07d}")
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    for old in root.iterdir():  # earlier steps and temp dirs of interrupted saves
-        if old.name != f"step-{step:07d}":
-            shutil.rmtree(old)
+    return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
 
 
-def _load_checkpoint(path: Path, model, optimizer, scheduler, fingerprint: dict[str, Any]) -> tuple[int, list, float]:
+def _load_lora_state(model: PeftModel, state: dict[str, torch.Tensor]) -> None:
     from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
 
-    state = json.loads((path / "state.json").read_text())
-    if state["fingerprint"] != fingerprint:
-        raise ValueError(f"Checkpoint {path} belongs to a different run (model, examples or config differ); "
-                         "use another output_dir or delete it to start over.")
-    set_peft_model_state_dict(model, load_file(path / "adapter_model.safetensors"))
-    trainer = torch.load(path / "trainer_state.pt", weights_only=False)
-    optimizer.load_state_dict(trainer["optimizer"])
-    scheduler.load_state_dict(trainer["scheduler"])
-    _set_rng_state(trainer["rng"])
-    return int(state["step"]), [list(point) for point in state["curve"]], float(state["elapsed"])
+    set_peft_model_state_dict(model, state)
 
 
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=1))
-
-
-def _save_final(output_dir: Path, model, log: dict[str, Any]) -> None:
-    """Adapter files first (each via os.replace), ``training_log.json`` last as the marker."""
+def _save_final(output_dir: Path, model: PeftModel, log: dict[str, Any]) -> None:
+    """Adapter files first (each written atomically), ``training_log.json`` last as the marker."""
     (output_dir / TRAINING_LOG).unlink(missing_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".final-", dir=output_dir) as tmp:
-        model.save_pretrained(tmp)
+    with tempfile.TemporaryDirectory(prefix=".final-", dir=output_dir) as scratch:
+        model.save_pretrained(scratch)
         for name in ADAPTER_FILES:
-            os.chmod(Path(tmp) / name, 0o644)
-            os.replace(Path(tmp) / name, output_dir / name)
-    _write_json(output_dir / TRAINING_LOG, log)
+            with atomic_path(output_dir / name) as tmp:
+                shutil.copyfile(Path(scratch) / name, tmp)
+    write_json(log, output_dir / TRAINING_LOG, indent=1)
 
 
 def read_training_log(output_dir: str | Path) -> dict[str, Any] | None:
@@ -492,44 +436,32 @@ def finetune_lora(adapter: Adapter, samples: Sequence[Sample], config: FinetuneC
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         scheduler = get_cosine_schedule_with_warmup(optimizer, round(config.warmup_ratio * total), total)
-        step, curve, elapsed = 0, [], 0.0
-        checkpoint = _latest_checkpoint(output_dir)
-        if checkpoint is not None:
-            step, curve, elapsed = _load_checkpoint(checkpoint, model, optimizer, scheduler, fingerprint)
-        model.train()
-        bar = progress_bar(total=stop, initial=step, desc=f"LoRA {'masked' if config.mask_eoi else 'control'}",
-                           show=progress)
-        while step < stop:
-            start = time.perf_counter()
-            indices = _step_examples(step, len(examples), config)
-            chunk = [examples[i] for i in indices]
+
+        def step_fn(step: int) -> tuple[float, list[float]]:
+            chunk = [examples[i] for i in _step_examples(step, len(examples), config)]
             n_tokens = sum(e.n_target_tokens for e in chunk)
             loss_sum = 0.0
-            for micro in _micro_batches(chunk, config.batch_size):
-                batch, labels = collate(adapter, micro)
+            for start in range(0, len(chunk), config.batch_size):
+                batch, labels = collate(adapter, chunk[start:start + config.batch_size])
                 with eoi_mask(adapter, batch, config.mask_eoi):
                     loss = target_loss(adapter, model, batch, labels)
                     (loss / n_tokens).backward()
                 loss_sum += float(loss.detach())
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            elapsed += time.perf_counter() - start
-            curve.append([step, loss_sum / n_tokens, scheduler.get_last_lr()[0]])
-            bar.update(1)
-            bar.set_postfix(loss=f"{curve[-1][1]:.3f}")
-            if step % config.checkpoint_every == 0 or step == stop:
-                _save_checkpoint(output_dir, model, optimizer, scheduler, step, curve, elapsed, fingerprint)
-        bar.close()
+            return loss_sum / n_tokens, []
+
+        checkpoint = Checkpoint(output_dir / CHECKPOINT_DIR, fingerprint, config.checkpoint_every, _lora_state,
+                                _load_lora_state)
+        result = run_loop(model, optimizer, scheduler, step_fn, total, stop=stop, checkpoint=checkpoint,
+                          record=lambda step, loss, _: [step + 1, loss, scheduler.get_last_lr()[0]],
+                          desc=f"LoRA {'masked' if config.mask_eoi else 'control'}", show=progress)
         log = {"fingerprint": fingerprint, "config": asdict(config), "mix": dict(Counter(e.task for e in examples)),
-               "steps": step,
-               "total_steps": total, "steps_per_epoch": per_epoch, "curve": curve, "train_seconds": elapsed,
-               "trainable_parameters": sum(p.numel() for p in params),
+               "steps": result.step,
+               "total_steps": total, "steps_per_epoch": per_epoch, "curve": result.curve,
+               "train_seconds": result.seconds, "trainable_parameters": sum(p.numel() for p in params),
                "target_modules": lora_target_regex(adapter, config.include_mlp)}
         _save_final(output_dir, model, log)
-        if step == total:
-            shutil.rmtree(output_dir / CHECKPOINT_DIR, ignore_errors=True)
+        if result.step == total:
+            checkpoint.clear()
     finally:
         if config.gradient_checkpointing:
             base.activation_checkpointing_disable()
@@ -537,11 +469,6 @@ def finetune_lora(adapter: Adapter, samples: Sequence[Sample], config: FinetuneC
         model.unload()
         restore_flags()
     return output_dir
-
-
-def _micro_batches(items: list[TrainingExample], size: int) -> Iterator[list[TrainingExample]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
 
 
 def lora_parameter_names(model: torch.nn.Module) -> list[str]:
@@ -570,7 +497,7 @@ def _with_lora(model: torch.nn.Module, adapter_dir: Path) -> PeftModel:
 def _finetuned_adapter(base: Adapter, merged: torch.nn.Module, adapter_dir: Path) -> Adapter:
     """Adapter of ``base``'s family over ``merged``, with a ``model_id`` naming the base, the run
     folder and a hash of the adapter weights, so activation caches never mix base and fine-tuned models."""
-    from .models.registry import adapter_for
+    from ..models.registry import adapter_for
 
     digest = hashlib.sha256((adapter_dir / ADAPTER_FILES[0]).read_bytes()).hexdigest()[:10]
     model_id = f"{base.model_id}+lora:{adapter_dir.resolve().name}:{digest}"
@@ -614,7 +541,7 @@ def load_finetuned(model_id: str | Path, adapter_dir: str | Path, **load_kwargs:
     ``model_id`` names the base, the run folder and a hash of the adapter weights. To compare
     with a base model already in memory, use :func:`finetuned` (no second copy).
     """
-    from .models.registry import load
+    from ..models.registry import load
 
     adapter_dir = _finished_run(adapter_dir)
     base = load(model_id, **load_kwargs)

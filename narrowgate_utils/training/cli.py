@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
 
 from ..console import display_path
-from .registry import TOY_MODEL_NAMES, toy_model_dir, toy_report
+from ..toy.registry import TOY_MODEL_NAMES, toy_model_dir, toy_report
 
 
 def add_toy_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -27,7 +26,7 @@ def add_toy_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .train import train_all
+    from .orchestration import train_all
 
     names = tuple(args.only) if args.only else TOY_MODEL_NAMES
     start = time.perf_counter()
@@ -44,9 +43,3 @@ def _report(args: argparse.Namespace) -> int:
     print("no trained toy models in the cache" if table.empty else table.to_string(index=False))
     return 0
 
-
-def toy_main(argv: Sequence[str] | None = None) -> int:
-    """Run ``narrowgate toy ...`` with ``argv`` (the arguments after ``toy``)."""
-    from ..cli import main
-
-    return main(["toy", *(argv or [])])
