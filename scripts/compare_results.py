@@ -73,7 +73,7 @@ def compare_tables(name: str, reference: pd.DataFrame, fresh: pd.DataFrame, rtol
     missing = [c for c in reference.columns if c not in fresh.columns]
     if missing:
         return [Difference(name, "-", ", ".join(missing), "present", "missing", "column")]
-    if reference.duplicated(keys).any():
+    if not keys or reference.duplicated(keys).any():
         reference, fresh = reference.assign(_row=range(len(reference))), fresh.assign(_row=range(len(fresh)))
         keys = [*keys, "_row"]  # rows without a unique key are matched in order
     merged = reference.merge(fresh, on=keys, how="left", suffixes=("", "__fresh"), indicator=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 
@@ -35,16 +36,18 @@ def test_values_are_checked_against_their_interval_or_tolerance(tmp_path):
     assert compare_results.compare(fresh, reference, rtol=1e-3) == found[:1]
 
 
-def test_missing_files_rows_and_the_cli(tmp_path, capsys):
+def test_missing_files_rows_and_the_cli(tmp_path):
     reference, fresh = tmp_path / "reference", tmp_path / "fresh"
     write(reference, "01/gap.csv", [{"model": "a", "layer": 0, "median": 0.1}, {"model": "a", "layer": 1, "median": 0.2}])
     write(reference, "03/chi.csv", [{"model": "a", "chi": 0.5}])
     write(fresh, "01/gap.csv", [{"model": "a", "layer": 0, "median": 0.1}])
     found = compare_results.compare(fresh, reference)
     assert {(d.file, d.fresh) for d in found} == {("01/gap.csv", "missing"), ("03/chi.csv", "missing")}
-    assert compare_results.main(["--fresh", str(fresh), "--reference", str(reference)]) == 1
-    assert "2 differences" in capsys.readouterr().out
-    assert compare_results.main(["--fresh", str(fresh), "--reference", str(tmp_path / "copy"), "--save"]) == 0
-    assert compare_results.main(["--fresh", str(fresh), "--reference", str(tmp_path / "copy")]) == 0
+    run = lambda *args: subprocess.run([sys.executable, str(SCRIPT), "--fresh", str(fresh), *args],
+                                       capture_output=True, text=True)
+    cli = run("--reference", str(reference))
+    assert cli.returncode == 1 and "2 differences" in cli.stdout
+    assert run("--reference", str(tmp_path / "copy"), "--save").returncode == 0
+    assert run("--reference", str(tmp_path / "copy")).returncode == 0
     with pytest.raises(ValueError, match="No reference CSVs"):
         compare_results.compare(fresh, tmp_path / "empty")
