@@ -5,9 +5,9 @@
 ``python scripts/resources.py --check``              formulas vs measurements on a mid-size model
 
 Notation: B batch, S tokens per sequence (image span + text), L layers, h hidden, H heads, d head
-width, K key/value heads, I MLP width, V vocabulary, b bytes per element (bf16: 2). Every chapter
-loads the language model with eager attention (the registry's default), so one layer of a
-forward holds the scores of HF's ``eager_attention_forward``, their float32 softmax and its cast
+width, K key/value heads, I MLP width, V vocabulary, b bytes per element (bf16: 2). Chapters 01, 03
+and 05 load the language model with fused attention (sdpa: no score matrix is held); the others
+with eager attention (the registry's default), so one layer of their forward holds the scores of HF's ``eager_attention_forward``, their float32 softmax and its cast
 copy at once (8 bytes per score, bf16 or float32 alike). Per GPU (weights split evenly):
 
 - weights: b × [V h (2 untied) + L (2 h H d + 2 h K d + 3 h I + 2 h) + h + vision tower]
@@ -203,9 +203,16 @@ def workload(model: ModelShape, chapter: str) -> Workload:
     raise ValueError(f"Chapter {chapter!r} has no resource model; chapters 01–06 run on real checkpoints.")
 
 
-def forward_layer(model: ModelShape, batch: int, seq: int, b: int) -> int:
-    """Peak of one decoder layer of an eager forward (without the mask): attention or MLP."""
-    attention = batch * (8 * model.heads * seq * seq + 6 * seq * model.hidden * b)
+#: chapters that load the language model with fused attention (sdpa): they read residuals only
+FUSED_CHAPTERS = frozenset({"01", "03", "05"})
+
+
+def forward_layer(model: ModelShape, batch: int, seq: int, b: int, fused: bool = False) -> int:
+    """Peak of one decoder layer of a forward (without the mask): attention or MLP. Eager attention
+    holds the scores (8 bytes each, see the module docstring); fused attention (sdpa) holds no
+    score matrix, only its projections, B 6 S h b (not measured by ``--check``, which runs eager)."""
+    scores = 0 if fused else 8 * model.heads * seq * seq
+    attention = batch * (scores + 6 * seq * model.hidden * b)
     mlp = batch * seq * (3 * model.intermediate + 3 * model.hidden) * b
     return max(attention, mlp)
 
@@ -219,7 +226,7 @@ def activation_peak(model: ModelShape, work: Workload, b: int = BF16, gpus: int 
         loss = (12 if b == 4 else 14) * B * min(TARGET_TOKENS, S) * model.vocab
         layer = B * (11 * model.heads * S * S + (4 * h + 2 * model.intermediate) * S * b)
         return math.ceil(checkpoints / gpus) + mask + max(loss, layer) + model.lora_params * rank * LORA_BYTES // gpus
-    peak = mask + forward_layer(model, B, S, b)
+    peak = mask + forward_layer(model, B, S, b, fused=work.chapter in FUSED_CHAPTERS)
     if work.kind == "logits":
         peak = max(peak, mask + B * S * (model.vocab + 2 * h) * b)
     if work.kind == "generate":
