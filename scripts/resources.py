@@ -5,8 +5,9 @@
 ``python scripts/resources.py --check``              formulas vs measurements on a mid-size model
 
 Notation: B batch, S tokens per sequence (image span + text), L layers, h hidden, H heads, d head
-width, K key/value heads, I MLP width, V vocabulary, b bytes per element (bf16: 2). Chapters 01, 03
-and 05 load the language model with fused attention (sdpa: no score matrix is held); the others
+width, K key/value heads, I MLP width, V vocabulary, b bytes per element (bf16: 2). Chapters 01, 03,
+04 and 05 load the language model with fused attention (sdpa: no score matrix is held; 04's
+knockout runs on the fused kernel); the others
 with eager attention (the registry's default), so one layer of their forward holds the scores of HF's ``eager_attention_forward``, their float32 softmax and its cast
 copy at once (8 bytes per score, bf16 or float32 alike). Per GPU (weights split evenly):
 
@@ -203,8 +204,8 @@ def workload(model: ModelShape, chapter: str) -> Workload:
     raise ValueError(f"Chapter {chapter!r} has no resource model; chapters 01–06 run on real checkpoints.")
 
 
-#: chapters that load the language model with fused attention (sdpa): they read residuals only
-FUSED_CHAPTERS = frozenset({"01", "03", "05"})
+#: chapters that load the language model with fused attention (sdpa): they read no attention weights
+FUSED_CHAPTERS = frozenset({"01", "03", "04", "05"})
 
 
 def forward_layer(model: ModelShape, batch: int, seq: int, b: int, fused: bool = False) -> int:
