@@ -249,3 +249,13 @@ def setup(args: argparse.Namespace) -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+
+
+def synchronized(fn: Callable[[], object], device: str) -> Callable[[], object]:
+    """``fn`` followed by a CUDA synchronise, so wall time covers the kernels."""
+    def call() -> object:
+        result = fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return result
+    return call

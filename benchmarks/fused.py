@@ -62,16 +62,6 @@ def knockout_forward(adapter, batch, inputs: dict, **options) -> Callable[[], ob
     return run
 
 
-def synchronized(fn: Callable[[], object], device: str) -> Callable[[], object]:
-    """``fn`` followed by a CUDA synchronise, so wall time covers the kernels."""
-    def call() -> object:
-        result = fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return result
-    return call
-
-
 @torch.no_grad()
 def model_paths(adapter, batch, device: str) -> dict[str, Callable[[], object]]:
     """The timed paths, after checking the fused knockout against the eager kernel."""
@@ -86,7 +76,7 @@ def model_paths(adapter, batch, device: str) -> dict[str, Callable[[], object]]:
     tolerance = 1e-4 if adapter.model.dtype == torch.float32 else 3e-2
     if (fused - eager).abs().max() > tolerance * eager.abs().max():
         raise RuntimeError("The fused and the eager knockout disagree: the benchmark would compare different things.")
-    return {name: synchronized(fn, device) for name, fn in paths.items()}
+    return {name: benchlib.synchronized(fn, device) for name, fn in paths.items()}
 
 
 def peak_memory(fn: Callable[[], object]) -> int:

@@ -15,7 +15,7 @@ CPU (only useful at small sizes, e.g. to check the script).
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import benchlib
 import torch
@@ -36,16 +36,6 @@ def layer_parameters(spec: benchlib.MidsizeSpec) -> int:
     return 4 * spec.hidden * spec.hidden + 3 * spec.hidden * (spec.intermediate or 4 * spec.hidden)
 
 
-def synchronized(fn: Callable[[], object], device: str) -> Callable[[], object]:
-    """``fn`` followed by a CUDA synchronise, so wall time covers the kernels."""
-    def call() -> object:
-        result = fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return result
-    return call
-
-
 @torch.no_grad()
 def time_depth(spec: benchlib.MidsizeSpec, args) -> tuple[dict[str, benchlib.Timing], int]:
     """Timings of the three paths on a ``spec`` model; also the number of tokens per forward."""
@@ -64,7 +54,7 @@ def time_depth(spec: benchlib.MidsizeSpec, args) -> tuple[dict[str, benchlib.Tim
                   "hidden_states": lambda: adapter.model(**inputs, output_hidden_states=True),
                   "collect_residual": lambda: collect_residual(adapter, batch, positions),
                   "knockout": knockout}
-    timings = benchlib.compare({k: synchronized(v, args.device) for k, v in candidates.items()}, args.repeats)
+    timings = benchlib.compare({k: benchlib.synchronized(v, args.device) for k, v in candidates.items()}, args.repeats)
     return timings, int(batch.input_ids.numel())
 
 
