@@ -13,7 +13,6 @@ and "row separators".
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,7 +21,7 @@ from ..data.sample import Sample
 from ..metrics import aggregate_attention_shares, span_token_names
 from ..models.base import Adapter, model_fingerprint
 from ..tracing import cross_modal_attention_profile
-from .common import batched
+from .common import activation_store, batched
 
 
 class NamedSums:
@@ -91,10 +90,7 @@ def attention_profile(adapter: Adapter, samples: Sequence[Sample], prompt: str, 
     """:func:`mean_attention_profile`, each batch's per-name sums stored in the activation cache as
     soon as it is computed (a killed run resumes at the first missing batch; ``cache=False``
     keeps nothing on disk). Memory is flat in the number of samples."""
-    from ..cache import ActivationStore
-    from ..toy.registry import cache_dir as default_cache_dir
-
-    store = ActivationStore(Path(cache_dir) if cache_dir is not None else default_cache_dir() / "activations")
+    store = activation_store(cache_dir)
     params = {"what": "cross_modal_attention", "model": model_fingerprint(adapter), "batch_size": batch_size,
               "layers": list(layers or []), "prompt": prompt}
     sums = NamedSums()

@@ -14,6 +14,7 @@ from ..models import base
 from ..models.base import model_fingerprint
 
 if TYPE_CHECKING:
+    from ..cache import ActivationStore
     from ..models.base import Adapter
 
 T = TypeVar("T")
@@ -85,6 +86,14 @@ def chunks(items: Sequence[T], batch_size: int) -> list[Sequence[T]]:
     return [items[start:start + batch_size] for start in range(0, len(items), batch_size)]
 
 
+def activation_store(cache_dir: str | Path | None = None) -> "ActivationStore":
+    """The activation cache in ``cache_dir``, by default ``<NARROWGATE_CACHE>/activations``."""
+    from ..cache import ActivationStore
+    from ..toy.registry import cache_dir as default_cache_dir
+
+    return ActivationStore(Path(cache_dir) if cache_dir is not None else default_cache_dir() / "activations")
+
+
 def cached_batches(adapter: "Adapter", samples: Sequence, what: str, params: dict[str, object],
                    compute_batch: Callable[[int, list], dict[str, np.ndarray]], batch_size: int,
                    axis: int, cache_dir: str | Path | None = None, ids: Sequence[str] | None = None,
@@ -98,10 +107,7 @@ def cached_batches(adapter: "Adapter", samples: Sequence, what: str, params: dic
     number of samples) without a forward pass. The key holds the model fingerprint, the sample
     ids (``ids`` for items that are not samples), the batch size, ``dtype`` and every parameter.
     """
-    from ..cache import ActivationStore
-    from ..toy.registry import cache_dir as default_cache_dir
-
-    store = ActivationStore(Path(cache_dir) if cache_dir is not None else default_cache_dir() / "activations")
+    store = activation_store(cache_dir)
     batches = chunks(samples, batch_size)
     key = {"what": what, "model": model_fingerprint(adapter),
            "samples": list(ids) if ids is not None else [s.uid for s in samples],
